@@ -1,0 +1,45 @@
+# LesionLens: two commands for a new user — `make demo` and `make test`. Both are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lesionlens-installed
+SYSTEM_TOOLS := storescu findscu dsrdump dciodvfy
+APT_PACKAGES := dcmtk dicom3tools
+
+.PHONY: setup sysdeps demo test bench clean
+
+setup: sysdeps $(STAMP)
+
+# Debian packages the tests use (real DICOM tools). Installed only when missing and when run as root.
+sysdeps:
+	@missing=0; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $(APT_PACKAGES)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  else \
+	    echo "note: $(APT_PACKAGES) missing and not root; tests that need them will be skipped"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "LesionLens needs Python >= 3.11"'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v 'is ignored' || true
+	$(PY) -m pip install -q torch==2.13.0 2>&1 | grep -v 'is ignored' || true
+	$(PY) -m pip install -q -e '.[all,dev]' 2>&1 | grep -v 'is ignored' || true
+	$(PY) -c 'import lesionlens, torch, pydicom, highdicom, pynetdicom, onnxruntime'
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/lesionlens demo
+
+test: setup
+	$(PY) -m pytest -q -n 2 -p no:cacheprovider
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,1 @@
+"""The ``lesionlens`` command line (typer + rich). One module per command group."""

@@ -1,0 +1,44 @@
+"""Entry point of the ``lesionlens`` command.
+
+Each command group lives in its own module exposing ``register(app)``.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from lesionlens import __version__
+from lesionlens.cli import convert_cmd, data_cmd, demo_cmd, inspect_cmd
+
+app = typer.Typer(
+    name="lesionlens",
+    help="LesionLens: AI-assisted lesion detection in DICOM studies.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lesionlens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """LesionLens command line."""
+
+
+for _module in (inspect_cmd, convert_cmd, data_cmd, demo_cmd):
+    _module.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""LesionLens data package."""

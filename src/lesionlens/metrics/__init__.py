@@ -1,0 +1,1 @@
+"""LesionLens metrics package."""

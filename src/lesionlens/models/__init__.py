@@ -1,0 +1,1 @@
+"""LesionLens models package."""

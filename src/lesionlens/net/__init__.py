@@ -1,0 +1,1 @@
+"""LesionLens net package."""

@@ -1,0 +1,1 @@
+"""LesionLens pipeline package."""

@@ -1,0 +1,1 @@
+"""LesionLens synth package."""
