@@ -1,0 +1,179 @@
+"""Merge per-slice 2D detections of a CT series into 3D lesion candidates.
+
+A nodule starts and ends: its cross-section grows then shrinks over a few slices and its centre
+stays put. A vessel continues across many slices and drifts. Linking per-slice boxes into tracks
+and describing each track (extent, drift, equivalent diameter) is what lets the later stages tell
+them apart and what FROC evaluation scores.
+
+Coordinates: boxes are ``(N, 4) float32 xyxy`` pixels with edges at integer positions (pixel
+column ``c`` spans ``[c, c + 1)``), so a box centre ``x`` sits at column index ``x − 0.5``.
+Volume indices and the affine follow :mod:`lesionlens.dicom.types`: ``lps = affine @ [k, r, c, 1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lesionlens.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SliceDetections:
+    """Detections on one slice ``k``: boxes (N,4) float32 xyxy px; scores (N,) float32; labels (N,)."""
+
+    k: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    """How boxes on neighbouring slices are linked.
+
+    min_iou: link two boxes on neighbouring slices when their IoU reaches this, or when the centre
+      distance is within ``center_frac`` of the larger box's mean side.
+    max_gap: slices a track may skip (a missed detection on one slice does not split a nodule).
+    """
+
+    min_iou: float = 0.2
+    center_frac: float = 0.5
+    max_gap: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_iou <= 1.0:
+            raise ConfigError(f"aggregate.min_iou must be in [0, 1], got {self.min_iou}")
+        if self.max_gap < 0:
+            raise ConfigError(f"aggregate.max_gap must be >= 0, got {self.max_gap}")
+
+
+@dataclass
+class Candidate3D:
+    """A 3D lesion candidate.
+
+    center_mm: (3,) LPS mm, score-weighted over the track's slices; diameter_mm: equivalent
+    diameter of the largest in-plane cross-section (sqrt of box width × height in mm);
+    key_k / bbox_px: the slice with the highest score and its box (xyxy px).
+    drift_mm: in-plane distance between the first and last slices' centres (vessels drift);
+    z_extent_mm: span along the slice normal.
+    """
+
+    label: int
+    confidence: float
+    center_mm: np.ndarray
+    diameter_mm: float
+    inplane_diameter_mm: float
+    z_extent_mm: float
+    drift_mm: float
+    key_k: int
+    bbox_px: np.ndarray
+    slices: list[int] = field(default_factory=list)
+    n_boxes: int = 0
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _linked(a: np.ndarray, b: np.ndarray, cfg: AggregateConfig) -> float:
+    """A link strength in (0, 1] or 0 when the boxes should not be linked."""
+    iou = _iou(a, b)
+    if iou >= cfg.min_iou:
+        return 1.0 + iou
+    ca, cb = (a[:2] + a[2:]) / 2, (b[:2] + b[2:]) / 2
+    side = max(float(np.mean(a[2:] - a[:2])), float(np.mean(b[2:] - b[:2])))
+    d = float(np.linalg.norm(ca - cb))
+    return 1.0 - d / (cfg.center_frac * side) if d < cfg.center_frac * side else 0.0
+
+
+def link_tracks(dets: list[SliceDetections], config: AggregateConfig | None = None) -> list[list[tuple[int, int]]]:
+    """Link boxes across slices into tracks: each track is a list of (k, index in that slice).
+
+    Greedy by score: boxes on each slice are taken in descending score order and join the best
+    open track of the same label whose last box is at most ``max_gap + 1`` slices back.
+    """
+    cfg = config or AggregateConfig()
+    tracks: list[list[tuple[int, int]]] = []
+    last_k: list[int] = []
+    by_k = {d.k: d for d in dets}
+    for k in sorted(by_k):
+        d = by_k[k]
+        taken: set[int] = set()
+        for i in np.argsort(-d.scores, kind="stable"):
+            best, best_t = 0.0, -1
+            for t, tr in enumerate(tracks):
+                if t in taken or k - last_k[t] > cfg.max_gap + 1 or k == last_k[t]:
+                    continue
+                kk, ii = tr[-1]
+                prev = by_k[kk]
+                if int(prev.labels[ii]) != int(d.labels[i]):
+                    continue
+                s = _linked(prev.boxes[ii], d.boxes[i], cfg)
+                if s > best:
+                    best, best_t = s, t
+            if best_t >= 0:
+                tracks[best_t].append((k, int(i)))
+                last_k[best_t] = k
+                taken.add(best_t)
+            else:
+                tracks.append([(k, int(i))])
+                last_k.append(k)
+                taken.add(len(tracks) - 1)
+    return tracks
+
+
+def aggregate(
+    dets: list[SliceDetections], affine: np.ndarray, config: AggregateConfig | None = None
+) -> list[Candidate3D]:
+    """Per-slice detections → 3D candidates sorted by descending confidence.
+
+    affine: (4,4) index (k, r, c, 1) → LPS mm of the volume the slices come from.
+    """
+    by_k = {d.k: d for d in dets}
+    lin = np.asarray(affine, dtype=np.float64)
+    col_mm = float(np.linalg.norm(lin[:3, 2]))
+    row_mm = float(np.linalg.norm(lin[:3, 1]))
+    slice_mm = float(np.linalg.norm(lin[:3, 0]))
+    out: list[Candidate3D] = []
+    for tr in link_tracks(dets, config):
+        ks = np.array([k for k, _ in tr], dtype=np.float64)
+        boxes = np.stack([by_k[k].boxes[i] for k, i in tr]).astype(np.float64)
+        scores = np.array([by_k[k].scores[i] for k, i in tr], dtype=np.float64)
+        label = int(by_k[tr[0][0]].labels[tr[0][1]])
+        w = scores / scores.sum() if scores.sum() > 0 else np.full(len(scores), 1 / len(scores))
+        centres_rc = np.stack([(boxes[:, 1] + boxes[:, 3]) / 2 - 0.5, (boxes[:, 0] + boxes[:, 2]) / 2 - 0.5], axis=1)
+        idx = np.array([float(w @ ks), float(w @ centres_rc[:, 0]), float(w @ centres_rc[:, 1])])
+        center = lin[:3, :3] @ idx + lin[:3, 3]
+        sizes_mm = np.sqrt((boxes[:, 2] - boxes[:, 0]) * col_mm * (boxes[:, 3] - boxes[:, 1]) * row_mm)
+        inplane = float(sizes_mm.max())
+        z_extent = float((ks.max() - ks.min() + 1) * slice_mm)
+        drift_px = centres_rc[np.argmax(ks)] - centres_rc[np.argmin(ks)]
+        drift = float(np.hypot(drift_px[0] * row_mm, drift_px[1] * col_mm))
+        # key slice: the highest score; among equal scores the largest cross-section
+        key = int(np.lexsort((sizes_mm, scores))[-1])
+        # the largest in-plane size is the measurement a radiologist makes on axial slices
+        diameter = inplane
+        conf = float(scores.max())
+        out.append(
+            Candidate3D(
+                label=label,
+                confidence=conf,
+                center_mm=center,
+                diameter_mm=diameter,
+                inplane_diameter_mm=inplane,
+                z_extent_mm=z_extent,
+                drift_mm=drift,
+                key_k=int(ks[key]),
+                bbox_px=boxes[key].astype(np.float32),
+                slices=[int(k) for k in ks],
+                n_boxes=len(tr),
+            )
+        )
+    out.sort(key=lambda c: -c.confidence)
+    return out
