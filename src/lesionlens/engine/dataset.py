@@ -1,0 +1,214 @@
+"""Training samples from a YOLO-layout dataset (our ``npy-hu`` CT stacks or ordinary images).
+
+Layout (Ultralytics' convention, plus our extras in ``dataset.yaml``)::
+
+    dataset.yaml        path, train/val/test (image folders), names, [channels, format, context_mm]
+    images/<split>/x.npy (C, H, W) HU stacks (float16/float32)   or  x.png / x.jpg / x.tif
+    labels/<split>/x.txt "class cx cy w h" normalised to the image size, one box per line
+
+Training uses fixed-size crops at the native pixel scale (the detector is fully convolutional,
+so it predicts on whole slices later): positives are cropped around a random lesion, negatives
+at random, so small lesions are never shrunk by resizing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import Dataset
+
+from lesionlens.data.augment import Augmenter
+from lesionlens.engine.preprocess import InputSpec, normalize, pad_to_multiple
+from lesionlens.errors import DataFormatError
+
+IMAGE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What ``dataset.yaml`` says. ``splits`` maps split name → image folder."""
+
+    yaml_path: Path
+    root: Path
+    names: list[str]
+    splits: dict[str, Path]
+    channels: int
+    format: str
+    context_mm: tuple[float, ...] | None
+
+
+def read_dataset_yaml(path: str | Path) -> DatasetInfo:
+    """Parse a YOLO ``dataset.yaml`` (names as a list or a {id: name} dict)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "dataset.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise DataFormatError("dataset.yaml not found", path=path) from None
+    except yaml.YAMLError as exc:
+        raise DataFormatError(f"not valid YAML: {exc}", path=path) from None
+    if not isinstance(doc, dict) or "names" not in doc:
+        raise DataFormatError("missing field 'names'", path=path)
+    names_raw = doc["names"]
+    if isinstance(names_raw, dict):
+        names = [str(names_raw[k]) for k in sorted(names_raw, key=int)]
+    elif isinstance(names_raw, list):
+        names = [str(n) for n in names_raw]
+    else:
+        raise DataFormatError("field 'names' must be a list or a mapping", path=path)
+    root = Path(doc.get("path") or path.parent)
+    if not root.is_absolute():
+        root = (path.parent / root).resolve()
+    splits = {s: root / str(doc[s]) for s in ("train", "val", "test") if doc.get(s)}
+    if not splits:
+        raise DataFormatError("no split folders (train/val/test) given", path=path)
+    ctx = doc.get("context_mm")
+    return DatasetInfo(
+        yaml_path=path,
+        root=root,
+        names=names,
+        splits=splits,
+        channels=int(doc.get("channels", 1)),
+        format=str(doc.get("format", "image")),
+        context_mm=tuple(float(v) for v in ctx) if ctx else None,
+    )
+
+
+def label_path_for(image_path: Path) -> Path:
+    """images/<split>/x.ext → labels/<split>/x.txt (the last 'images' path part is replaced)."""
+    parts = list(image_path.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Read one image as (C, H, W) float32 physical values."""
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False).astype(np.float32)
+            return arr[None] if arr.ndim == 2 else arr
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except (OSError, ValueError) as exc:
+        raise DataFormatError(f"cannot read image: {exc}", path=path) from None
+    arr = arr.astype(np.float32)
+    return arr[None] if arr.ndim == 2 else np.moveaxis(arr[..., :3], -1, 0)
+
+
+def load_labels(path: Path, width: int, height: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """YOLO label file → boxes (N,4) float32 xyxy px, labels (N,) int64. Missing file = no boxes."""
+    if not path.exists():
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+    boxes, labels = [], []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            cls, cx, cy, w, h = int(parts[0]), *map(float, parts[1:5])
+        except (ValueError, IndexError):
+            raise DataFormatError(f"line {lineno}: expected 'class cx cy w h'", path=path) from None
+        if not 0 <= cls < n_classes:
+            raise DataFormatError(f"line {lineno}: class {cls} not in 0..{n_classes - 1}", path=path)
+        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+        labels.append(cls)
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataFormatError("image folder does not exist", path=folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class DetectionSamples(Dataset):  # type: ignore[type-arg]
+    """One split of a dataset as training samples.
+
+    Returns ``(image, target)`` with image ``(C, S, S) float32`` normalised by ``spec`` and
+    target ``{"boxes": (n,4) float32 xyxy px in the crop, "labels": (n,) int64}``.
+    ``crop=None`` returns the whole image (padded to a multiple of 32) — used for validation.
+    """
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        split: str,
+        spec: InputSpec,
+        *,
+        crop: int | None = 256,
+        augmenter: Augmenter | None = None,
+        seed: int = 0,
+    ):
+        if split not in info.splits:
+            raise DataFormatError(f"dataset has no split {split!r}", path=info.yaml_path)
+        self.info, self.spec, self.crop, self.augmenter = info, spec, crop, augmenter
+        self.images = list_images(info.splits[split])
+        self.rng = np.random.default_rng(seed)
+        self._fill = -1000.0 if spec.kind == "ct-hu" else 0.0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def raw(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image i as (C,H,W) physical values with boxes (N,4) xyxy px and labels (N,)."""
+        img = load_image(self.images[i])
+        if img.shape[0] != self.spec.channels:
+            raise DataFormatError(
+                f"image has {img.shape[0]} channels, the model expects {self.spec.channels}", path=self.images[i]
+            )
+        boxes, labels = load_labels(label_path_for(self.images[i]), img.shape[2], img.shape[1], len(self.info.names))
+        return img, boxes, labels
+
+    def _crop(self, img: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s = int(self.crop or 0)
+        _, h, w = img.shape
+        if h < s or w < s:
+            img = np.pad(img, ((0, 0), (0, max(0, s - h)), (0, max(0, s - w))), constant_values=self._fill)
+            _, h, w = img.shape
+        if len(boxes):
+            b = boxes[self.rng.integers(len(boxes))]
+            cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+            x0 = int(np.clip(cx - self.rng.uniform(0.15, 0.85) * s, 0, w - s))
+            y0 = int(np.clip(cy - self.rng.uniform(0.15, 0.85) * s, 0, h - s))
+        else:
+            x0, y0 = int(self.rng.integers(0, w - s + 1)), int(self.rng.integers(0, h - s + 1))
+        img = img[:, y0 : y0 + s, x0 : x0 + s]
+        if len(boxes):
+            boxes = boxes - np.array([x0, y0, x0, y0], np.float32)
+            keep_full = boxes.copy()
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, s)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, s)
+            area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+            full = (keep_full[:, 2] - keep_full[:, 0]) * (keep_full[:, 3] - keep_full[:, 1])
+            keep = area >= 0.4 * np.maximum(full, 1e-6)  # lesions cut mostly away are dropped
+            boxes, labels = boxes[keep], labels[keep]
+        return np.ascontiguousarray(img), boxes, labels
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        img, boxes, labels = self.raw(i)
+        if self.crop:
+            img, boxes, labels = self._crop(img, boxes, labels)
+        if self.augmenter is not None:
+            img, boxes, labels = self.augmenter(img, boxes, labels)
+        x = normalize(img, self.spec)
+        if not self.crop:
+            x = pad_to_multiple(x, 32)
+        return torch.from_numpy(np.ascontiguousarray(x)), {
+            "boxes": torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)),
+            "labels": torch.from_numpy(np.asarray(labels, np.int64).reshape(-1)),
+        }
+
+
+def collate(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Stack images (B, C, S, S); keep per-image targets in a list."""
+    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
