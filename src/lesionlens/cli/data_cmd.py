@@ -1,7 +1,288 @@
-"""(being written)"""
+"""``lesionlens data …``: synthetic studies, format conversion, patient splits, statistics.
+
+Thin on purpose: every command parses its options, calls one function of :mod:`lesionlens.data`
+or :mod:`lesionlens.synth`, and prints the result. Errors pass through the CLI error boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+from rich.table import Table
+
+from lesionlens.cli._common import console, error_boundary, progress
+from lesionlens.errors import ConfigError, OutputError, UnsupportedInputError
+
+if TYPE_CHECKING:
+    from lesionlens.data.annotations import DetectionDataset
+    from lesionlens.data.trainset import TrainSetConfig, TrainSetSummary
+
+data_app = typer.Typer(
+    name="data",
+    help="Datasets: synthetic studies, conversion between formats, patient splits, statistics.",
+    no_args_is_help=True,
+)
+
+
+class SynthKind(str, Enum):
+    ct = "ct"
+    mammo = "mammo"
+    xray = "xray"
+
+
+class SynthSize(str, Enum):
+    small = "small"
+    full = "full"
+
+
+class FromFormat(str, Enum):
+    luna16 = "luna16"
+    coco = "coco"
+    yolo = "yolo"
+    json = "json"
+    dicom = "dicom"
+
+
+class ToFormat(str, Enum):
+    yolo = "yolo"
+    coco = "coco"
+
+
+SEED_STRIDE = 1_000_003  # study i of seed S gets S·stride + i: distinct for every (S, i < stride)
+
+
+def study_seed(seed: int, index: int) -> int:
+    """The seed of study ``index`` of a run with ``seed`` (distinct per (seed, index))."""
+    if seed < 0 or not 0 <= index < SEED_STRIDE:
+        raise ConfigError(f"--seed must be >= 0 and --studies < {SEED_STRIDE}")
+    return seed * SEED_STRIDE + index
+
+
+def _synth_one(kind: SynthKind, size: SynthSize, seed: int, out: Path) -> Path:
+    """Generate and write one study of ``kind`` into ``out``; returns the written path."""
+    if kind is SynthKind.ct:
+        from lesionlens.synth.ct import CTPhantomConfig, generate_ct, write_ct_study
+
+        cfg = None
+        if size is SynthSize.small:  # ~0.3 s a study: 24 slices of 96², whole chest in view
+            cfg = CTPhantomConfig(
+                matrix=(96, 96), n_slices=24, pixel_spacing_mm=(3.5, 4.0), slice_spacings_mm=(5.0,),
+                nodule_diameter_mm=(6.0, 25.0), n_nodules=(1, 3), max_vessel_segments=300,
+            )
+        return write_ct_study(generate_ct(seed, cfg), out)
+    from lesionlens.synth.dicom2d import write_2d_study
+
+    if kind is SynthKind.mammo:
+        from lesionlens.synth.mammo import MammoConfig, generate_mammogram
+
+        mcfg = MammoConfig(rows=400, cols=300) if size is SynthSize.small else None
+        return write_2d_study(generate_mammogram(seed, mcfg), out, patient_id=f"MG{seed:010d}")
+    from lesionlens.synth.xray import ChestXrayConfig, generate_chest_xray
+
+    xcfg = ChestXrayConfig(rows=256, cols=256) if size is SynthSize.small else None
+    return write_2d_study(generate_chest_xray(seed, xcfg), out, patient_id=f"DX{seed:010d}")
+
+
+@data_app.command("synth")
+def synth(
+    kind: SynthKind = typer.Argument(..., help="Which phantom: ct, mammo or xray."),
+    studies: int = typer.Option(1, "--studies", min=1, help="Number of studies."),
+    out: Path = typer.Option(..., "--out", help="Output folder (one sub-folder per study)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Run seed; each study gets its own seed from it."),
+    size: SynthSize = typer.Option(SynthSize.full, "--size", help="small: tiny images for tests; full: realistic."),
+) -> None:
+    """Write synthetic DICOM studies with truth files (truth.json / *.truth.json)."""
+    with error_boundary():
+        out.mkdir(parents=True, exist_ok=True)
+        with progress() as bar:
+            task = bar.add_task(f"synth {kind.value}", total=studies)
+            for i in range(studies):
+                _synth_one(kind, size, study_seed(seed, i), out / f"{kind.value}-{i:04d}")
+                bar.advance(task)
+        console.print(f"wrote {studies} {kind.value} stud{'y' if studies == 1 else 'ies'} to {out}")
+
+
+def _trainset_config(
+    ratios: str, seed: int, context_mm: str, image_format: str, negative_ratio: float, min_box_px: float
+) -> TrainSetConfig:
+    from lesionlens.data.split import parse_ratios
+    from lesionlens.data.trainset import TrainSetConfig
+
+    try:
+        ctx = tuple(float(v) for v in context_mm.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--context-mm: expected comma-separated mm offsets, got {context_mm!r}") from None
+    return TrainSetConfig.from_mapping(
+        {
+            "ratios": parse_ratios(ratios, "--ratios"),
+            "seed": seed,
+            "context_mm": ctx,
+            "image_format": image_format,
+            "negative_ratio": negative_ratio,
+            "min_box_px": min_box_px,
+        }
+    )
+
+
+def _copy_images(ds: DetectionDataset, src_root: Path, out: Path) -> None:
+    """Copy each image (path relative to ``src_root``) to the same relative path under ``out``."""
+    for im in ds.all_images():
+        rel = Path(im.image)
+        if rel.is_absolute():
+            continue
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(src_root / rel, dst)
+        except OSError as exc:
+            raise OutputError(f"cannot copy image {rel}: {exc}", path=src_root / rel) from None
+
+
+def _print_build_summary(summary: TrainSetSummary) -> None:
+    table = Table(title="training set")
+    for col in ("split", "patients", "positives", "negatives", "boxes"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for s in ("train", "val", "test"):
+        table.add_row(s, *(str(getattr(summary, f)[s]) for f in ("patients", "positives", "negatives", "boxes")))
+    console.print(table)
+    console.print(f"cross-sections under the minimum size skipped: {summary.skipped_small}")
+    console.print(f"fingerprint: {summary.fingerprint}")
+
+
+@data_app.command("convert")
+def convert(
+    src: Path = typer.Argument(..., help="Input: folder (dicom, yolo, luna16) or JSON file (coco, json)."),
+    from_: FromFormat = typer.Option(..., "--from", help="Input format."),
+    to: ToFormat = typer.Option(..., "--to", help="Output format."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    ratios: str = typer.Option("0.7,0.15,0.15", "--ratios", help="dicom/luna16 → yolo: train,val,test by patient."),
+    seed: int = typer.Option(0, "--seed", help="dicom/luna16 → yolo: split and negative sampling seed."),
+    context_mm: str = typer.Option("-2.5,0,2.5", "--context-mm", help="dicom/luna16 → yolo: channel offsets (mm)."),
+    image_format: str = typer.Option("npy-hu", "--image-format", help="dicom/luna16 → yolo: npy-hu or png16."),
+    negative_ratio: float = typer.Option(1.0, "--negative-ratio", help="dicom/luna16 → yolo: negatives per positive."),
+    min_box_px: float = typer.Option(2.0, "--min-box-px", help="dicom/luna16 → yolo: smallest box kept (px)."),
+) -> None:
+    """Convert annotations between formats; --from dicom|luna16 --to yolo builds a 2D/2.5D CT training set."""
+    with error_boundary():
+        if from_ in (FromFormat.dicom, FromFormat.luna16):
+            if to is not ToFormat.yolo:
+                raise UnsupportedInputError(f"--from {from_.value} (3D CT truth) converts only --to yolo (a 2D/2.5D training set)")
+            from lesionlens.data.trainset import build_training_set, luna16_cases
+
+            cfg = _trainset_config(ratios, seed, context_mm, image_format, negative_ratio, min_box_px)
+            sources = luna16_cases(src) if from_ is FromFormat.luna16 else [src]
+            with progress() as bar:
+                task = bar.add_task("reading series", total=None)
+
+                def tick(done: int, total: int, what: str) -> None:
+                    bar.update(task, completed=done, total=total, description=what[-40:])
+
+                _, summary = build_training_set(sources, out, cfg, progress=tick)
+            _print_build_summary(summary)
+            return
+        if from_.value == to.value:
+            raise UnsupportedInputError(f"--from and --to are both {to.value}: nothing to convert")
+        if from_ is FromFormat.yolo:
+            from lesionlens.data.formats.yolo import read_yolo
+
+            yaml_path = src / "dataset.yaml" if src.is_dir() else src
+            ds = read_yolo(yaml_path)
+            import yaml as _yaml
+
+            base = Path(str((_yaml.safe_load(yaml_path.read_text()) or {}).get("path") or "."))
+            src_root = base if base.is_absolute() else yaml_path.parent / base
+        else:
+            if from_ is FromFormat.coco:
+                from lesionlens.data.formats.coco import read_coco as reader
+            else:
+                from lesionlens.data.formats.studies_json import read_studies_json as reader
+            ds = reader(src)
+            src_root = src.parent
+        if to is ToFormat.yolo:
+            from lesionlens.data.formats.yolo import write_yolo
+
+            write_yolo(ds, out, image_root=src_root)
+        else:
+            from lesionlens.data.formats.coco import write_coco
+
+            out.mkdir(parents=True, exist_ok=True)
+            _copy_images(ds, src_root, out)
+            for split in ds.splits:
+                write_coco(ds, out / f"{split}.json", split=split)
+        n_img, n_box = len(ds.all_images()), sum(len(im.boxes) for im in ds.all_images())
+        console.print(f"converted {n_img} images, {n_box} boxes ({from_.value} → {to.value}) into {out}")
+
+
+@data_app.command("split")
+def split(
+    root: Path = typer.Argument(..., help="Dataset folder holding dataset.yaml."),
+    ratios: str = typer.Option("0.7,0.15,0.15", "--ratios", help="train,val,test weights."),
+    seed: int = typer.Option(0, "--seed", help="Split seed."),
+) -> None:
+    """Re-split a YOLO-layout dataset by patient (no patient in two splits)."""
+    from lesionlens.data.split import parse_ratios, resplit_dataset
+
+    with error_boundary():
+        assignment = resplit_dataset(root, parse_ratios(ratios, "--ratios"), seed)
+        table = Table(title=f"patients per split (seed {seed})")
+        table.add_column("split")
+        table.add_column("patients", justify="right")
+        for s in ("train", "val", "test"):
+            table.add_row(s, str(sum(1 for v in assignment.values() if v == s)))
+        console.print(table)
+
+
+@data_app.command("stats")
+def stats(
+    root: Path = typer.Argument(..., help="Dataset folder holding dataset.yaml."),
+    out: Path | None = typer.Option(None, "--out", help="Write the statistics as JSON here."),
+    histogram: Path | None = typer.Option(
+        None, "--histogram", help="Lesion-size histogram PNG (default: beside --out, else ROOT/lesion_sizes.png)."
+    ),
+) -> None:
+    """Counts per split (images, boxes, patients, positives/negatives), class balance, lesion sizes."""
+    from lesionlens.data.stats import dataset_stats, save_size_histogram
+
+    with error_boundary():
+        st = dataset_stats(root)
+        hist = histogram or (out.with_name(out.stem + "_sizes.png") if out else root / "lesion_sizes.png")
+        save_size_histogram(st, hist)
+        doc = st.to_dict()
+        doc["histogram"] = str(hist)
+        table = Table(title=f"dataset {root}")
+        for col in ("split", "images", "positives", "negatives", "boxes", "patients"):
+            table.add_column(col, justify="left" if col == "split" else "right")
+        for name, s in [*st.splits.items(), ("total", st.total)]:
+            table.add_row(name, str(s.images), str(s.positives), str(s.negatives), str(s.boxes), str(s.patients))
+        console.print(table)
+        balance = Table(title="class balance")
+        balance.add_column("class")
+        balance.add_column("boxes", justify="right")
+        balance.add_column("share", justify="right")
+        for n in st.names:
+            count = st.total.boxes_per_class.get(n, 0)
+            balance.add_row(n, str(count), f"{count / st.total.boxes:.1%}" if st.total.boxes else "-")
+        console.print(balance)
+        size = doc["lesion_size"]
+        if size["count"]:  # type: ignore[index]
+            console.print(
+                f"lesion size ({size['unit']}): min {size['min']:.1f}, median {size['median']:.1f}, "  # type: ignore[index]
+                f"max {size['max']:.1f}; histogram: {hist}"  # type: ignore[index]
+            )
+        if out is not None:
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(doc, indent=1))
+            except OSError as exc:
+                raise OutputError(f"cannot write statistics: {exc}", path=out) from None
+            console.print(f"wrote {out}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add the ``data`` command group to ``app``."""
+    app.add_typer(data_app, name="data")
