@@ -1,5 +1,9 @@
 """DICOM (and other image format) ingest: the only package that reads/writes DICOM files."""
 
+from lesionlens.dicom.io import ReadLimits, read_dataset
+from lesionlens.dicom.scan import scan
+from lesionlens.dicom.select import SelectionRules, select_series
+from lesionlens.dicom.study import StudyResult, load_series, read_study
 from lesionlens.dicom.types import (
     Catalog,
     DisplayInfo,
@@ -13,6 +17,14 @@ from lesionlens.dicom.types import (
 )
 
 __all__ = [
+    "ReadLimits",
+    "SelectionRules",
+    "StudyResult",
+    "load_series",
+    "read_dataset",
+    "read_study",
+    "scan",
+    "select_series",
     "Catalog",
     "DisplayInfo",
     "InstanceKind",
