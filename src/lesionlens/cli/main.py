@@ -5,10 +5,13 @@ Each command group lives in its own module exposing ``register(app)``.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from lesionlens import __version__
-from lesionlens.cli import convert_cmd, data_cmd, demo_cmd, inspect_cmd
+from lesionlens.cli import convert_cmd, data_cmd, demo_cmd, inspect_cmd, model_cmd
 
 app = typer.Typer(
     name="lesionlens",
@@ -32,12 +35,22 @@ def _root(
     """LesionLens command line."""
 
 
-for _module in (inspect_cmd, convert_cmd, data_cmd, demo_cmd):
+for _module in (inspect_cmd, convert_cmd, data_cmd, model_cmd, demo_cmd):
     _module.register(app)
 
 
 def main() -> None:
-    app()
+    """Run the CLI. An unexpected error prints one line (set LESIONLENS_DEBUG=1 for the traceback)."""
+    try:
+        app()
+    except Exception as exc:  # the last boundary: users see a line, not a traceback
+        if os.environ.get("LESIONLENS_DEBUG"):
+            raise
+        from lesionlens.cli._common import err_console
+
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                          "(set LESIONLENS_DEBUG=1 for details)", highlight=False)
+        sys.exit(3)
 
 
 if __name__ == "__main__":
