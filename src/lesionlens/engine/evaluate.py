@@ -52,6 +52,10 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _buckets(buckets: list[Any]) -> list[dict[str, Any]]:
+    return [{"name": b.name, "n_detected": b.n_detected, "n_total": b.n_total, "recall": b.recall} for b in buckets]
+
+
 def evaluate_ct(predictor: Predictor, data: str | Path, out_dir: str | Path, *, operating_fp: float = 1.0,
                 n_bootstrap: int = 1000, limit: int | None = None) -> EvalResult:
     """FROC/CPM over every CT case under ``data`` (truth.json folders, or LUNA16 with annotations.csv)."""
@@ -83,7 +87,7 @@ def evaluate_ct(predictor: Predictor, data: str | Path, out_dir: str | Path, *, 
                          "n_candidates": len(cands), "slices": int(case.volume.pixels.shape[0])})
     res = compute_froc(scans, n_bootstrap=n_bootstrap)
     thr = threshold_at_fp_rate(res, operating_fp)
-    scan_level = scan_level_metrics(scans, thr)
+    scan_level = scan_level_metrics(scans, thr) if np.isfinite(thr) else None
     loc = [float(d) for d in getattr(res, "nodule_hit_distance_mm", []) if d is not None and np.isfinite(d)]
     metrics: dict[str, Any] = {
         "kind": "ct-froc",
@@ -92,10 +96,11 @@ def evaluate_ct(predictor: Predictor, data: str | Path, out_dir: str | Path, *, 
         "froc": res.to_dict(),
         "cpm": res.cpm,
         "cpm_ci": list(res.cpm_ci) if res.cpm_ci is not None else None,
-        "operating_point": {"fp_per_scan": operating_fp, "threshold": thr},
-        "recall_by_size_at_1fp": [b.__dict__ for b in froc_recall_by_size(res, 1.0)],
-        "recall_by_size_at_4fp": [b.__dict__ for b in froc_recall_by_size(res, 4.0)],
-        "scan_level": {"sensitivity": scan_level.sensitivity, "specificity": scan_level.specificity},
+        "operating_point": {"fp_per_scan": operating_fp, "threshold": thr if np.isfinite(thr) else None},
+        "recall_by_size_at_1fp": _buckets(froc_recall_by_size(res, 1.0)),
+        "recall_by_size_at_4fp": _buckets(froc_recall_by_size(res, 4.0)),
+        "scan_level": ({"sensitivity": scan_level.sensitivity, "specificity": scan_level.specificity}
+                       if scan_level is not None else None),
         "localization_error_mm": float(np.mean(loc)) if loc else None,
         "latency": {"ms_per_slice_inference": 1000 * infer_s / max(slices, 1),
                     "ms_per_slice_total": 1000 * total_s / max(slices, 1), "backend": predictor.backend},

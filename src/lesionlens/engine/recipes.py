@@ -45,10 +45,12 @@ class DefaultRecipe:
     context_mm: tuple[float, ...] = (-2.5, 0.0, 2.5)
     negative_ratio: float = 1.0
     model: str = "n"
-    epochs: int = 30
+    epochs: int = 20
     batch: int = 16
-    imgsz: int = 192
-    steps_per_epoch: int = 60
+    imgsz: int = 128
+    steps_per_epoch: int = 45
+    val_every: int = 5
+    threads: int = 2
     lr: float = 3e-3
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -131,7 +133,8 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     t0 = time.perf_counter()
     cfg = TrainConfig(data=str(dataset_dir / "dataset.yaml"), model=recipe.model, epochs=recipe.epochs,
                       batch=recipe.batch, imgsz=recipe.imgsz, steps_per_epoch=recipe.steps_per_epoch,
-                      lr=recipe.lr, seed=recipe.seed, device=device, out=str(work / "run"), patience=recipe.epochs)
+                      lr=recipe.lr, seed=recipe.seed, device=device, out=str(work / "run"), patience=recipe.epochs,
+                      val_every=recipe.val_every, threads=recipe.threads)
     res = Trainer(cfg, on_epoch_end=[lambda e, r: log(f"epoch {e}: loss {r.get('train_loss'):.3f} "
                                                       f"val AP50 {r.get('val_ap50')}")]).fit()
     times["train"] = time.perf_counter() - t0
@@ -163,7 +166,7 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     meta = read_meta(pkg)
     meta.name, meta.notice = "lesionlens-ct-nodule-n", NOTICE
     meta.metrics = {"held_out": {k: m[k] for k in ("cpm", "cpm_ci", "n_scans")},
-                    "froc": m["froc"]["operating_points"], "recall_by_size_at_4fp": m["recall_by_size_at_4fp"]}
+                    "froc": m["froc"]["sensitivity_at_fps"], "recall_by_size_at_4fp": m["recall_by_size_at_4fp"]}
     write_meta(pkg, meta)
     out = {"recipe": asdict(recipe), "times_s": times, "cpm": m["cpm"], "package": str(pkg),
            "train_images_per_s": res.images_per_s}
@@ -182,13 +185,16 @@ def install_package(pkg: Path, dest: Path) -> None:
             shutil.copy2(pkg / name, dest / name)
 
 
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"
+
+
 def model_card(recipe: DefaultRecipe, m: dict[str, Any], images_per_s: float, data: dict[str, Any]) -> str:
-    ops = m["froc"]["operating_points"]
+    ops = m["froc"]["sensitivity_at_fps"]
     rows = "\n".join(f"| {fp} | {s:.3f} |" if s is not None else f"| {fp} | - |" for fp, s in ops.items())
     size_rows = "\n".join(
-        f"| {b.get('label', b.get('bucket', '?'))} | {b.get('n_nodules', b.get('n', '?'))} | "
-        f"{(b.get('recall') if b.get('recall') is not None else float('nan')):.3f} |"
-        for b in m["recall_by_size_at_4fp"])
+        f"| {b['name']} | {b['n_total']} | {b['recall']:.3f} |" if b["recall"] is not None
+        else f"| {b['name']} | 0 | - |" for b in m["recall_by_size_at_4fp"])
     ci = m.get("cpm_ci") or [None, None]
     return f"""# Model card — lesionlens-ct-nodule-n (default)
 
@@ -220,7 +226,7 @@ through the full DICOM ingest path. FROC (LUNA16 rules):
 |---|---|
 {rows}
 
-**CPM {m['cpm']:.3f}** (95 % bootstrap CI {ci[0]} – {ci[1]}).
+**CPM {_fmt(m['cpm'])}** (95 % bootstrap CI {ci[0]} – {ci[1]}).
 
 Recall by nodule size at 4 FP/scan:
 

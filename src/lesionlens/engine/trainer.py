@@ -170,7 +170,7 @@ class Trainer:
                             generator=torch.Generator().manual_seed(cfg.seed),
                             persistent_workers=cfg.workers > 0)
         val = DetectionSamples(self.info, "val", self.spec, crop=None) if "val" in self.info.splits else None
-        return loader, val
+        return loader, (val if val is not None and len(val) > 0 else None)
 
     # ------------------------------------------------------------------------- checkpoints
     def _save(self, which: str, ema: ModelEMA, opt: torch.optim.Optimizer, epoch: int, metrics: dict[str, Any]) -> Path:
@@ -260,7 +260,8 @@ class Trainer:
                                    "epoch_s": round(time.perf_counter() - t0, 3)}
             if val is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
                 row.update(self.validate(ema.ema, val))
-            fitness = float(row.get("val_ap50", -row.get("train_loss", 0.0)))
+            ap = row.get("val_ap50")
+            fitness = float(ap) if ap is not None else -float(row.get("train_loss", 0.0))
             self.history.append(row)
             improved = fitness > self.best_fitness
             if improved:
