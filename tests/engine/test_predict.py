@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lesionlens.cli.main import app
+from lesionlens.engine.checkpoint import ModelMeta, write_meta
+from lesionlens.engine.export import export_onnx
+from lesionlens.engine.predict import PredictConfig, Predictor
+from lesionlens.engine.preprocess import InputSpec
+from lesionlens.errors import ModelError
+from lesionlens.models.detector import DetectorConfig, build_detector, save_detector
+from lesionlens.synth.ct import CTPhantomConfig, generate_ct, write_ct_study
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("pkg")
+    model = build_detector(DetectorConfig(size="n", class_names=["nodule"])).eval()
+    save_detector(model, d / "model.safetensors")
+    write_meta(d, ModelMeta(name="test-n", version="0", input=InputSpec(), names=["nodule"]))
+    export_onnx(model, d / "model.onnx", imgsz=128, dynamic=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = CTPhantomConfig(matrix=(96, 96), n_slices=12, pixel_spacing_mm=(3.5, 3.6), slice_spacings_mm=(2.5,),
+                          max_vessel_segments=300, n_nodules=(1, 2), p_no_nodules=0.0)
+    d = tmp_path_factory.mktemp("study")
+    write_ct_study(generate_ct(5, cfg), d, with_localizer=True)
+    return d
+
+
+def test_torch_and_onnx_backends_agree_on_a_study(package: Path, study: Path) -> None:
+    cfg = PredictConfig(conf=0.0, max_det=50)
+    t = Predictor(package, backend="torch", config=cfg, threads=1)
+    o = Predictor(package, backend="onnx", config=cfg, threads=1)
+    (pt,), _ = t.predict(study)
+    (po,), _ = o.predict(study)
+    assert pt.volume.pixels.shape == (12, 96, 96)  # the localizer was not selected
+    assert len(pt.candidates) > 0 and len(po.candidates) > 0
+    # same preprocessed batch → same decoded boxes and scores from both backends
+    timings: dict[str, float] = {"preprocess": 0.0}
+    _, x = next(iter(t._batches(pt.volume, timings)))
+    np.testing.assert_allclose(t._run(x), o._run(x), atol=2e-3, rtol=1e-3)
+    assert set(pt.timings) >= {"preprocess", "inference", "postprocess", "aggregate"}
+
+
+def test_low_conf_returns_the_tail_and_high_conf_filters(package: Path, study: Path) -> None:
+    low = Predictor(package, backend="onnx", config=PredictConfig(conf=0.0, max_det=50))
+    high = Predictor(package, backend="onnx", config=PredictConfig(conf=0.99, max_det=50))
+    (pl,), _ = low.predict(study)
+    (ph,), _ = high.predict(study)
+    assert len(pl.candidates) > len(ph.candidates)
+    assert all(c.confidence >= 0.99 for c in ph.candidates)
+
+
+def test_predict_cli_writes_findings_schema(package: Path, study: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["predict", str(study), "--out", str(tmp_path), "--model", str(package),
+                                 "--conf", "0.0", "--backend", "onnx"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "findings.json").read_text())
+    assert doc["schema"] == "lesionlens.findings/1"
+    assert doc["model"]["name"] == "test-n" and len(doc["model"]["sha256"]) == 64
+    truth = json.loads((study / "truth.json").read_text())
+    (st,) = doc["studies"]
+    assert st["study_instance_uid"] == truth["study_instance_uid"]
+    (se,) = st["series"]
+    assert se["series_instance_uid"] == truth["series_instance_uid"] and se["modality"] == "CT"
+    f = se["findings"][0]
+    assert len(f["center_mm"]) == 3 and len(f["bbox_px"]) == 4 and 0 <= f["confidence"] <= 1
+    assert f["sop_instance_uid"].startswith("2.25.")
+
+
+def test_missing_model_is_a_clear_error(study: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no model package named 'nope'"):
+        Predictor("nope")
+    r = CliRunner().invoke(app, ["predict", str(study), "--out", str(tmp_path), "--model", "nope"])
+    assert r.exit_code == 2 and "no model package named" in r.output
