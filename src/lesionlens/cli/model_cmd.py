@@ -116,10 +116,11 @@ def _evaluate(
         else:
             res = evaluate_ct(pred, data, out, n_bootstrap=bootstrap)
             m = res.metrics
-            table = Table(title=f"FROC over {m['n_scans']} scans — CPM {m['cpm']:.3f}")
+            cpm = f"{m['cpm']:.3f}" if m["cpm"] is not None else "n/a"
+            table = Table(title=f"FROC over {m['n_scans']} scans — CPM {cpm}")
             table.add_column("FP/scan")
             table.add_column("sensitivity")
-            for fp, s in m["froc"]["operating_points"].items():
+            for fp, s in m["froc"]["sensitivity_at_fps"].items():
                 table.add_row(str(fp), f"{s:.3f}" if s is not None else "-")
             console.print(table)
         console.print(f"wrote {res.out_dir / 'metrics.json'}")
