@@ -7,7 +7,7 @@ STAMP := $(VENV)/.lesionlens-installed
 SYSTEM_TOOLS := storescu findscu dsrdump dciodvfy
 APT_PACKAGES := dcmtk dicom3tools
 
-.PHONY: setup sysdeps demo test bench clean
+.PHONY: setup sysdeps demo test bench train-default clean
 
 setup: sysdeps $(STAMP)
 
@@ -37,6 +37,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 -p no:cacheprovider
+
+# the reproducible recipe of the shipped default model (about 1 h on a 2-core CPU)
+train-default: setup
+	$(VENV)/bin/lesionlens train --recipe default --out runs/default-recipe
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
