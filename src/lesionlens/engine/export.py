@@ -12,8 +12,9 @@ reading-room path. :func:`export_onnx` imports torch lazily.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import os
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "detections"
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 17  # 18 puts ReduceMax axes in an input, which ORT's quantisation shape inference rejects
 
 
 def export_onnx(
@@ -79,7 +80,8 @@ def export_onnx(
         w_dim = torch.export.Dim("w", min=1, max=256)
         kwargs["dynamic_shapes"] = {"x": {0: b_dim, 2: mult * h_dim, 3: mult * w_dim}}
     try:
-        with torch.no_grad():
+        # the exporter reports progress on stdout; keep a CLI's output clean
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             prog = torch.onnx.export(
                 m, (x,), None, dynamo=True, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False, **kwargs,
@@ -184,11 +186,6 @@ class OnnxDetector:
         except Exception as e:
             raise ModelError(f"ONNX Runtime inference failed: {e}", path=self.path) from e
         return np.asarray(out, dtype=np.float32)
-
-
-def default_threads() -> int:
-    """A sensible ``intra_op_threads`` for this machine: physical-ish cores, at least 1."""
-    return max(1, (os.cpu_count() or 2) // 2)
 
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "OnnxDetector", "available_providers", "export_onnx", "make_session"]
