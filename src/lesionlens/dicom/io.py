@@ -108,11 +108,14 @@ class HeaderRead:
 
     ``buffer`` is the whole (inflated) file content when it was read into memory (zip members,
     deflated files, or ``keep_bytes=True``), so pixels can be taken from it without re-reading.
+    ``offsets_in_file``: ``pixel.offset`` is a byte offset in the file itself (a plain,
+    non-deflated file read by :func:`read_header`), so the pixel bytes can be read from it later.
     """
 
     dataset: Dataset
     pixel: PixelElement | None
     buffer: bytes | None = None
+    offsets_in_file: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,9 +448,11 @@ def read_header(
     size = _file_size(source, limits)
     try:
         with open(source, "rb") as fh:
-            return _parse(
+            hr = _parse(
                 fh, size, source, stop_before_pixels=True, limits=limits, data=None, specific_tags=specific_tags
             )
+        hr.offsets_in_file = hr.buffer is None  # not inflated: offsets are the file's own
+        return hr
     except OSError as exc:
         raise DicomReadError(f"cannot read file: {exc.strerror or exc}", path=source, code="io") from exc
 
