@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,8 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lesionlens.errors import LesionLensError
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (logs, CI) gets a wide page instead of rich's 80-column default, so that tables
+# do not fold file paths and UIDs mid-word; a terminal or an explicit COLUMNS wins.
+_PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+console = Console(width=_PIPE_WIDTH)
+err_console = Console(stderr=True, width=_PIPE_WIDTH)
 
 T = TypeVar("T")
 
