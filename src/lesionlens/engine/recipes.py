@@ -100,8 +100,12 @@ def _lazy(d: Path):  # type: ignore[no-untyped-def]
 
 
 def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", install_to: Path | None = None,
-                log: Any = print) -> dict[str, Any]:
-    """Run the whole default recipe under ``work``; returns a summary (also written as JSON)."""
+                log: Any = print, shared: Path | None = None) -> dict[str, Any]:
+    """Run one stage of the default recipe under ``work``; returns a summary (also written as JSON).
+
+    shared: folder holding the phantom cache and the held-out test studies, so that stages
+    reuse them (default: ``work`` itself).
+    """
     from lesionlens.data.trainset import TrainSetConfig, build_training_set
     from lesionlens.engine.config import TrainConfig
     from lesionlens.engine.evaluate import evaluate_ct
@@ -113,7 +117,8 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     work.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    cache = work / "phantoms"
+    shared = shared or work
+    cache = shared / "phantoms"
     n_tv = recipe.train_studies + recipe.val_studies
     dirs = []
     for i in range(n_tv):
@@ -143,7 +148,7 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     export_onnx(net, pkg / "model.onnx", imgsz=512, dynamic=True)
 
     t0 = time.perf_counter()
-    test_dir = work / "test"
+    test_dir = shared / "test"
     for i in range(recipe.test_studies):
         seed = recipe.test_seed0 + i
         d = test_dir / f"seed{seed}"
@@ -196,6 +201,9 @@ def model_card(recipe: DefaultRecipe, m: dict[str, Any], images_per_s: float, da
         f"| {b['name']} | {b['n_total']} | {b['recall']:.3f} |" if b["recall"] is not None
         else f"| {b['name']} | 0 | - |" for b in m["recall_by_size_at_4fp"])
     ci = m.get("cpm_ci") or [None, None]
+    warm = "" if recipe.model in ("n", "s", "m") else (
+        " (stage 2 of the recipe: warm-started from stage 1's best weights; see `DEFAULT_STAGES` "
+        "in `lesionlens/engine/recipes.py`)")
     return f"""# Model card — lesionlens-ct-nodule-n (default)
 
 **{NOTICE}**
@@ -205,7 +213,7 @@ Demonstration of the LesionLens pipeline (ingest → detection → findings) and
 fine-tuning on a hospital's own annotated data. It must not be used to inform any clinical decision.
 
 ## Model
-One-stage anchor-free detector, size `{recipe.model}`, input 3 channels = HU slices at
+One-stage anchor-free detector, size `n`{warm}, input 3 channels = HU slices at
 {list(recipe.context_mm)} mm around the slice (lung window −600/1600), output strides 4/8/16,
 per-slice boxes merged into 3D candidates.
 
@@ -241,15 +249,33 @@ and expected to be much lower. Trained only on chest CT; other modalities are ou
 """
 
 
-def run_recipe(name: str, *, out: str | None = None, device: str | None = None, epochs: int | None = None) -> None:
-    """Entry of ``lesionlens train --recipe NAME``."""
+#: The shipped default model: stage 1 from scratch, then stage 2 warm-started from stage 1's best
+#: weights on twice the phantoms with a longer schedule. ``"@stage1"`` names stage 1's best package.
+DEFAULT_STAGES: tuple[DefaultRecipe, ...] = (
+    DefaultRecipe(),
+    DefaultRecipe(train_studies=72, val_studies=4, epochs=36, steps_per_epoch=90, val_every=6, lr=2e-3,
+                  model="@stage1"),
+)
+
+
+def run_recipe(name: str, *, out: str | None = None, device: str | None = None, epochs: int | None = None,
+               install_to: Path | None = None) -> dict[str, Any]:
+    """Entry of ``lesionlens train --recipe NAME``: every stage in order under ``out``."""
     from lesionlens.cli._common import console
 
     if name != "default":
         raise ConfigError(f"--recipe: unknown recipe {name!r} (known: default)")
-    recipe = DefaultRecipe()
-    if epochs:
-        recipe.epochs = epochs
-    work = Path(out or "runs/default-recipe")
-    summary = run_default(recipe, work, device=device or "auto", log=console.print)
+    root = Path(out or "runs/default-recipe")
+    summary: dict[str, Any] = {}
+    previous: Path | None = None
+    for i, stage in enumerate(DEFAULT_STAGES, 1):
+        recipe = DefaultRecipe(**{**asdict(stage), "epochs": epochs or stage.epochs})
+        if recipe.model == "@stage1":
+            assert previous is not None
+            recipe.model = str(previous)
+        last = i == len(DEFAULT_STAGES)
+        summary = run_default(recipe, root / f"stage{i}", device=device or "auto", log=console.print,
+                              shared=root, install_to=install_to if last else None)
+        previous = Path(summary["package"])
     console.print(json.dumps(summary, indent=2, default=str))
+    return summary
