@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lesionlens.data.annotations import DetectionDataset, ImageAnnotation
+from lesionlens.data.formats.yolo import label_path_for, read_label_file
 from lesionlens.errors import DataFormatError, OutputError
 
 __all__ = ["DatasetStats", "SplitStats", "compute_stats", "dataset_stats", "read_training_set", "save_size_histogram"]
@@ -70,33 +71,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _label_path(root: Path, image_rel: str) -> Path:
-    parts = list(Path(image_rel).parts)
-    for i in range(len(parts) - 1, -1, -1):
-        if parts[i] == "images":
-            parts[i] = "labels"
-            break
-    return (root / Path(*parts)).with_suffix(".txt")
-
-
-def _read_label_file(path: Path, width: int, height: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    from lesionlens.data.boxes import yolo_to_xyxy
-
-    if not path.exists():
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    rows, classes = [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        try:
-            cls, vals = int(parts[0]), [float(v) for v in parts[1:5]]
-        except (ValueError, IndexError):
-            raise DataFormatError(f"line {lineno}: expected 'class cx cy w h'", path=path) from None
-        if len(vals) != 4 or not 0 <= cls < n_classes:
-            raise DataFormatError(f"line {lineno}: expected 'class cx cy w h' with class in 0..{n_classes - 1}", path=path)
-        rows.append(vals)
-        classes.append(cls)
-    return yolo_to_xyxy(rows, width, height) if rows else np.zeros((0, 4), np.float32), np.asarray(classes, np.int64)
+    return label_path_for(root / image_rel)
 
 
 def read_manifest(root: Path) -> dict[str, Any] | None:
@@ -159,7 +134,7 @@ def read_training_set(root: str | Path) -> DetectionDataset:
         for p in sorted(q for q in folder.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES):
             rel = p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
             w, h = _image_size(p)
-            boxes, labels = _read_label_file(_label_path(root, rel), w, h, len(names))
+            boxes, labels = read_label_file(_label_path(root, rel), len(names), w, h)
             items.append(ImageAnnotation(rel, w, h, boxes, labels, patient_id=p.stem.split("__")[0]))
     return ds
 

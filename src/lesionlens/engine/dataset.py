@@ -22,6 +22,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from lesionlens.data.augment import Augmenter
+from lesionlens.data.formats.yolo import label_path_for, read_label_file
 from lesionlens.engine.preprocess import InputSpec, normalize, pad_to_multiple
 from lesionlens.errors import DataFormatError
 
@@ -79,16 +80,6 @@ def read_dataset_yaml(path: str | Path) -> DatasetInfo:
     )
 
 
-def label_path_for(image_path: Path) -> Path:
-    """images/<split>/x.ext → labels/<split>/x.txt (the last 'images' path part is replaced)."""
-    parts = list(image_path.parts)
-    for i in range(len(parts) - 1, -1, -1):
-        if parts[i] == "images":
-            parts[i] = "labels"
-            break
-    return Path(*parts).with_suffix(".txt")
-
-
 def load_image(path: Path) -> np.ndarray:
     """Read one image as (C, H, W) float32 physical values."""
     try:
@@ -103,26 +94,6 @@ def load_image(path: Path) -> np.ndarray:
         raise DataFormatError(f"cannot read image: {exc}", path=path) from None
     arr = arr.astype(np.float32)
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr[..., :3], -1, 0)
-
-
-def load_labels(path: Path, width: int, height: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """YOLO label file → boxes (N,4) float32 xyxy px, labels (N,) int64. Missing file = no boxes."""
-    if not path.exists():
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
-    boxes, labels = [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        try:
-            cls, cx, cy, w, h = int(parts[0]), *map(float, parts[1:5])
-        except (ValueError, IndexError):
-            raise DataFormatError(f"line {lineno}: expected 'class cx cy w h'", path=path) from None
-        if not 0 <= cls < n_classes:
-            raise DataFormatError(f"line {lineno}: class {cls} not in 0..{n_classes - 1}", path=path)
-        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
-        labels.append(cls)
-    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -166,7 +137,7 @@ class DetectionSamples(Dataset):  # type: ignore[type-arg]
             raise DataFormatError(
                 f"image has {img.shape[0]} channels, the model expects {self.spec.channels}", path=self.images[i]
             )
-        boxes, labels = load_labels(label_path_for(self.images[i]), img.shape[2], img.shape[1], len(self.info.names))
+        boxes, labels = read_label_file(label_path_for(self.images[i]), len(self.info.names), img.shape[2], img.shape[1])
         return img, boxes, labels
 
     def _crop(self, img: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ from lesionlens.errors import DataFormatError
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm")
 SPLITS = ("train", "val", "test")
 
-__all__ = ["label_path_for", "read_yolo", "write_yolo"]
+__all__ = ["label_path_for", "read_label_file", "read_yolo", "write_yolo"]
 
 
 def label_path_for(image: Path) -> Path:
@@ -94,7 +94,14 @@ def _images_of(entry: Any, root: Path, yaml_path: Path, split: str) -> list[Path
     return out
 
 
-def _read_labels(label: Path, n_classes: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def read_label_file(label: Path, n_classes: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """One YOLO label file → boxes (N, 4) float32 xyxy px and labels (N,) int64.
+
+    A missing file means a negative image (no boxes). Lines are ``class cx cy w h`` normalised
+    (or a polygon, taken as its bounding box); bad lines raise DataFormatError naming the line.
+    """
+    if not label.is_file():
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
     boxes, labels = [], []
     for lineno, line in enumerate(label.read_text(encoding="utf-8").splitlines(), start=1):
         fields = line.split()
@@ -165,7 +172,7 @@ def read_yolo(dataset_yaml: str | Path) -> DetectionDataset:
             name = rel.relative_to(root).as_posix() if rel.is_relative_to(root) else str(rel)
             ann = ImageAnnotation(image=name, width=w, height=h)
             if label.is_file():
-                ann.boxes, ann.labels = _read_labels(label, len(names), w, h)
+                ann.boxes, ann.labels = read_label_file(label, len(names), w, h)
             items.append(ann)
         _check_orphan_labels(images, yp)
         splits[split] = items
