@@ -32,7 +32,8 @@ def demo(
         study = out / "study"
         if not (study / "truth.json").is_file():
             console.rule("1. a synthetic chest CT (not patient data)")
-            cfg = CTPhantomConfig(slice_spacings_mm=(2.5,), n_nodules=(2, 4), p_no_nodules=0.0)
+            cfg = CTPhantomConfig(slice_spacings_mm=(2.5,), n_nodules=(3, 4), p_no_nodules=0.0,
+                                  nodule_diameter_mm=(6.0, 25.0), small_nodule_fraction=0.5)
             ph = generate_ct(seed, cfg)
             write_ct_study(ph, study, with_localizer=True, with_non_image=True, random_names=True,
                            scramble_instance_numbers=True)
@@ -64,7 +65,7 @@ def _predict(study: Path, out: Path, truth: object) -> None:
     from lesionlens.reports.findings import write_json
 
     try:
-        pred = Predictor("default", backend="onnx", config=PredictConfig(conf=0.3))
+        pred = Predictor("default", backend="onnx", config=PredictConfig(conf=0.5))
     except ModelError as exc:
         console.print(f"[yellow]no default model installed ({exc.reason}); skipping detection[/]")
         return
@@ -72,19 +73,27 @@ def _predict(study: Path, out: Path, truth: object) -> None:
     doc = findings_from_predictions(results, pred, problems)
     path = write_json(doc, out / "findings.json")
     table = Table(title=f"findings — {pred.identity['name']} (demonstration model, synthetic data, not for clinical use)")
-    for col in ("label", "confidence", "diameter mm", "centre mm (LPS)", "slice"):
+    for col in ("label", "confidence", "diameter mm", "centre mm (LPS)", "slice", "truth"):
         table.add_column(col)
+    lesions = truth.lesions  # type: ignore[attr-defined]
+
+    def hit(centre: list[float]) -> str:
+        for i, les in enumerate(lesions, 1):
+            if sum((a - b) ** 2 for a, b in zip(centre, les.center_mm)) ** 0.5 <= les.diameter_mm / 2:
+                return f"[green]nodule {i}[/]"
+        return "[dim]false positive[/]"
+
     for st in doc["studies"]:
         for se in st["series"]:
             for f in se["findings"]:
                 table.add_row(f["label"], f"{f['confidence']:.2f}", f"{f['diameter_mm']:.1f}",
-                              ", ".join(f"{v:.1f}" for v in f["center_mm"]), str(f["slice_index"]))
+                              ", ".join(f"{v:.1f}" for v in f["center_mm"]), str(f["slice_index"]), hit(f["center_mm"]))
     console.print(table)
     truth_table = Table(title="truth of the phantom")
-    for col in ("type", "diameter mm", "centre mm (LPS)"):
+    for col in ("#", "type", "diameter mm", "centre mm (LPS)"):
         truth_table.add_column(col)
-    for les in truth.lesions:  # type: ignore[attr-defined]
-        truth_table.add_row(les.kind, f"{les.diameter_mm:.1f}", ", ".join(f"{v:.1f}" for v in les.center_mm))
+    for i, les in enumerate(lesions, 1):
+        truth_table.add_row(str(i), les.kind, f"{les.diameter_mm:.1f}", ", ".join(f"{v:.1f}" for v in les.center_mm))
     console.print(truth_table)
     console.print(f"findings: {path}")
 
