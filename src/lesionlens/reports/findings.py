@@ -15,14 +15,12 @@ Later stages add fields; none of these is ever removed::
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lesionlens import jsonio
 from lesionlens.errors import OutputError
 
 SCHEMA = "lesionlens.findings/1"
@@ -111,18 +109,5 @@ def _check_finite(obj: Any, where: str) -> None:
 
 
 def write_json(doc: dict[str, Any], path: str | Path) -> Path:
-    """Write JSON atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write: {exc}", path=path) from exc
-    return path
+    """Write the document atomically (temp file, fsync, rename)."""
+    return jsonio.write_json(doc, path)

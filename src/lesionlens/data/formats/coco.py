@@ -14,7 +14,6 @@ Boxes that reach outside the image by at most 1 px are clipped; further out is a
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,8 @@ import numpy as np
 
 from lesionlens.data.annotations import DetectionDataset, ImageAnnotation
 from lesionlens.data.boxes import box_area, boxes_outside, clip_boxes, xywh_to_xyxy, xyxy_to_xywh
-from lesionlens.data.formats.dicom_truth import _write_json
 from lesionlens.errors import DataFormatError
+from lesionlens.jsonio import read_json, write_json
 
 __all__ = ["coco_dict", "read_coco", "write_coco"]
 
@@ -41,12 +40,7 @@ def read_coco(path: str | Path, *, split: str = "all") -> DetectionDataset:
     duplicate ids, malformed or out-of-image boxes.
     """
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"not valid JSON (line {exc.lineno}): {exc.msg}", path=p) from exc
-    except OSError as exc:
-        raise DataFormatError(f"cannot read: {exc.strerror}", path=p) from exc
+    doc = read_json(p)
     if not isinstance(doc, dict):
         raise DataFormatError("expected an object with 'images', 'annotations', 'categories'", path=p)
     for key in ("images", "annotations", "categories"):
@@ -167,4 +161,4 @@ def coco_dict(dataset: DetectionDataset, *, split: str | None = None) -> dict[st
 
 def write_coco(dataset: DetectionDataset, path: str | Path, *, split: str | None = None) -> Path:
     """Write :func:`coco_dict` of ``dataset`` (one split, or all images) to ``path`` atomically."""
-    return _write_json(Path(path), coco_dict(dataset, split=split))
+    return write_json(coco_dict(dataset, split=split), path)

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import numpy as np
 from lesionlens.data.annotations import DetectionDataset, ImageAnnotation, StudyTruth
 from lesionlens.data.boxes import boxes_outside
 from lesionlens.errors import DataFormatError
+from lesionlens.jsonio import write_json
 
 TRUTH2D_FORMAT = "lesionlens.truth2d/1"
 TRUTH3D_FORMAT = "lesionlens.truth/1"
@@ -54,20 +53,6 @@ class TruthFolder:
     dataset: DetectionDataset
     studies: list[StudyTruth] = field(default_factory=list)
     truth_files: list[Path] = field(default_factory=list)
-
-
-def _write_json(path: Path, obj: object) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_truth_2d(ann: ImageAnnotation, names: list[str], path: str | Path) -> Path:
@@ -100,7 +85,7 @@ def write_truth_2d(ann: ImageAnnotation, names: list[str], path: str | Path) -> 
         "lesions": lesions,
         "extra": extra,
     }
-    return _write_json(Path(path), doc)
+    return write_json(doc, path)
 
 
 def _load_json(path: Path) -> Any:

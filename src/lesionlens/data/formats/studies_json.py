@@ -36,7 +36,6 @@ extra nodule keys (e.g. ``"malignancy"``) are kept in ``extra["nodule_attributes
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,8 @@ import numpy as np
 
 from lesionlens.data.annotations import DetectionDataset, ImageAnnotation
 from lesionlens.data.boxes import boxes_outside, clip_boxes, xywh_to_xyxy, xyxy_to_xywh
-from lesionlens.data.formats.dicom_truth import _write_json
 from lesionlens.errors import DataFormatError
+from lesionlens.jsonio import read_json, write_json
 
 __all__ = ["read_studies_json", "studies_dict", "write_studies_json"]
 
@@ -75,12 +74,7 @@ def read_studies_json(path: str | Path, *, split: str = "all") -> DetectionDatas
     uids, non-numeric or negative sizes, boxes outside the image, labels not in ``names``.
     """
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"not valid JSON (line {exc.lineno}): {exc.msg}", path=p) from exc
-    except OSError as exc:
-        raise DataFormatError(f"cannot read: {exc.strerror}", path=p) from exc
+    doc = read_json(p)
     if not isinstance(doc, dict):
         raise DataFormatError("expected an object with a 'studies' list", path=p)
     fixed_names = doc.get("names")
@@ -202,4 +196,4 @@ def studies_dict(dataset: DetectionDataset) -> dict[str, Any]:
 
 def write_studies_json(dataset: DetectionDataset, path: str | Path) -> Path:
     """Write :func:`studies_dict` of ``dataset`` to ``path`` atomically; returns the path."""
-    return _write_json(Path(path), studies_dict(dataset))
+    return write_json(studies_dict(dataset), path)
