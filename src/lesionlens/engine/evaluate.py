@@ -116,7 +116,6 @@ def evaluate_ct(predictor: Predictor, data: str | Path, out_dir: str | Path, *, 
 def evaluate_2d(predictor: Predictor, data: str | Path, out_dir: str | Path, *, split: str = "val",
                 conf: float = 0.25) -> EvalResult:
     """AP/mAP/P/R/F1 on one split of a YOLO-layout dataset."""
-    from lesionlens.dicom.types import Volume
     from lesionlens.engine.dataset import DetectionSamples, read_dataset_yaml
     from lesionlens.metrics import DetectionSample, evaluate_detections, plot_pr, pr_curve
 
@@ -128,16 +127,7 @@ def evaluate_2d(predictor: Predictor, data: str | Path, out_dir: str | Path, *, 
     t0 = time.perf_counter()
     for i in range(len(ds)):
         img, boxes, labels = ds.raw(i)
-        vol = Volume(pixels=img[:1] if predictor.meta.input.kind == "gray" else img[1:2], affine=np.eye(4))
-        if predictor.meta.input.kind == "ct-hu":
-            # a stored 2.5D stack: run the model on it as is
-            x = np.ascontiguousarray(img[None], np.float32)
-            from lesionlens.engine.preprocess import normalize, pad_to_multiple
-
-            raw = predictor._run(pad_to_multiple(normalize(x, predictor.meta.input), predictor.multiple))
-            det = predictor.post(raw, image_size=img.shape[-2:])[0]
-        else:
-            det = predictor.predict_image(vol).images[0]
+        det = predictor.detect_image(img)
         samples.append(DetectionSample(pred_boxes=det.boxes, pred_scores=det.scores, pred_labels=det.labels,
                                        gt_boxes=boxes, gt_labels=labels, image_id=str(ds.images[i].name)))
     elapsed = time.perf_counter() - t0

@@ -172,6 +172,11 @@ class Predictor:
             images.append(self._tiled(x, timings))
         return SeriesPrediction(volume, images=images, timings=dict(timings))
 
+    def detect_image(self, image: np.ndarray) -> Detections:
+        """One model input as stored, ``(C, H, W)`` physical values (e.g. a saved 2.5D HU stack)
+        → detections in its pixels (normalised as in training, tiled when large)."""
+        return self._tiled(normalize(np.asarray(image, np.float32), self.meta.input), defaultdict(float))
+
     def _tiled(self, x: np.ndarray, timings: dict[str, float]) -> Detections:
         """x (C, H, W) in [0, 1] → detections in full-image pixels (tiles merged by NMS)."""
         cfg = self.config

@@ -23,7 +23,6 @@ The 2D layout (all boxes xyxy pixels of the stored image; ``image`` relative to 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 from lesionlens.data.annotations import DetectionDataset, ImageAnnotation, StudyTruth
 from lesionlens.data.boxes import boxes_outside
 from lesionlens.errors import DataFormatError
-from lesionlens.jsonio import write_json
+from lesionlens.jsonio import read_json, write_json
 
 TRUTH2D_FORMAT = "lesionlens.truth2d/1"
 TRUTH3D_FORMAT = "lesionlens.truth/1"
@@ -88,15 +87,6 @@ def write_truth_2d(ann: ImageAnnotation, names: list[str], path: str | Path) -> 
     return write_json(doc, path)
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"not valid JSON (line {exc.lineno}): {exc.msg}", path=path) from exc
-    except OSError as exc:
-        raise DataFormatError(f"cannot read: {exc.strerror}", path=path) from exc
-
-
 def read_truth_2d(path: str | Path, *, check_image: bool = True) -> tuple[ImageAnnotation, list[str]]:
     """Read one ``lesionlens.truth2d/1`` file → (annotation, class names).
 
@@ -105,7 +95,7 @@ def read_truth_2d(path: str | Path, *, check_image: bool = True) -> tuple[ImageA
     file and field for anything malformed (unknown label, box outside the image, ...).
     """
     p = Path(path)
-    doc = _load_json(p)
+    doc = read_json(p)
     if not isinstance(doc, dict) or doc.get("format") != TRUTH2D_FORMAT:
         raise DataFormatError(f"field 'format' must be {TRUTH2D_FORMAT!r}", path=p)
     for key in ("image", "width", "height", "names", "lesions"):
