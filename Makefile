@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lesionlens-installed
-SYSTEM_TOOLS := storescu findscu dsrdump dciodvfy
-APT_PACKAGES := dcmtk dicom3tools
+SYSTEM_TOOLS := storescu findscu dsrdump dciodvfy pdftoppm pdftotext chromium
+APT_PACKAGES := dcmtk dicom3tools poppler-utils chromium
 
 .PHONY: setup sysdeps demo test bench train-default clean
 
