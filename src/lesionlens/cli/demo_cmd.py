@@ -3,8 +3,9 @@
 What `make demo` runs. The study is written as a messy scanner folder would be (random file
 names, a localizer and a non-image object beside the axial series), then:
 ``inspect`` shows what was found and selected, ``convert`` writes lung-window PNGs and a NIfTI
-volume, and — when the packaged default model is installed — ``predict`` lists the findings next
-to the phantom's truth.
+volume, and — when the packaged default model is installed — ``detect`` writes findings, key
+images, the HTML/PDF report and DICOM SR/SEG/GSPS, and lists the findings next to the phantom's
+truth.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="where the study and the outputs go"),
     seed: int = typer.Option(7, "--seed", help="phantom seed"),
 ) -> None:
-    """Generate a sample CT study and run inspect, convert and (if a model is installed) predict on it."""
+    """Generate a sample CT study and run inspect, convert and (if a model is installed) detect on it."""
     with error_boundary():
         from lesionlens.cli.convert_cmd import run_convert
         from lesionlens.cli.inspect_cmd import _print_table, summarize
@@ -53,49 +54,38 @@ def demo(
         nii = run_convert(study, out / "nifti", "nifti")
         console.print(f"{len(png.outputs)} PNG files in {out / 'png'}; {len(nii.outputs)} NIfTI volume(s) in {out / 'nifti'}")
 
-        console.rule("4. lesionlens predict (default model)")
-        _predict(study, out, truth)
+        console.rule("4. lesionlens detect (default model): findings, report, DICOM SR/SEG/GSPS")
+        _detect(study, out / "detect", truth)
         console.print(f"\nEverything is under {out.resolve()}")
 
 
-def _predict(study: Path, out: Path, truth: object) -> None:
-    from lesionlens.engine.predict import PredictConfig, Predictor
-    from lesionlens.engine.results import findings_from_predictions
+def _detect(study: Path, out: Path, truth: object) -> None:
+    from lesionlens.cli.detect_cmd import print_summary
     from lesionlens.errors import ModelError
-    from lesionlens.reports.findings import write_json
+    from lesionlens.pipeline.detect import Detector
+    from lesionlens.reports.bundle import write_outputs
 
     try:
-        pred = Predictor("default", backend="onnx", config=PredictConfig(conf=0.5))
+        det = Detector("default", backend="onnx")
     except ModelError as exc:
         console.print(f"[yellow]no default model installed ({exc.reason}); skipping detection[/]")
         return
-    results, problems = pred.predict(study)
-    doc = findings_from_predictions(results, pred, problems)
-    path = write_json(doc, out / "findings.json")
-    table = Table(title=f"findings — {pred.identity['name']} (demonstration model, synthetic data, not for clinical use)")
-    for col in ("label", "confidence", "diameter mm", "centre mm (LPS)", "slice", "truth"):
-        table.add_column(col)
+    results = det.detect(study)
+    doc = write_outputs(results, out)
+    print_summary(doc, out)
     lesions = truth.lesions  # type: ignore[attr-defined]
-
-    def hit(centre: list[float]) -> str:
-        for i, les in enumerate(lesions, 1):
-            if sum((a - b) ** 2 for a, b in zip(centre, les.center_mm)) ** 0.5 <= les.diameter_mm / 2:
-                return f"[green]nodule {i}[/]"
-        return "[dim]false positive[/]"
-
-    for st in doc["studies"]:
-        for se in st["series"]:
-            for f in se["findings"]:
-                table.add_row(f["label"], f"{f['confidence']:.2f}", f"{f['diameter_mm']:.1f}",
-                              ", ".join(f"{v:.1f}" for v in f["center_mm"]), str(f["slice_index"]), hit(f["center_mm"]))
-    console.print(table)
-    truth_table = Table(title="truth of the phantom")
-    for col in ("#", "type", "diameter mm", "centre mm (LPS)"):
+    truth_table = Table(title="truth of the phantom (what a perfect detector would report)", title_justify="left")
+    for col in ("#", "type", "diameter mm", "centre mm (LPS)", "found as"):
         truth_table.add_column(col)
+    found = [(f.get("tracking_id", ""), f["center_mm"]) for st in doc["studies"] for se in st["series"]
+             for f in se["findings"] if f["center_mm"]]
     for i, les in enumerate(lesions, 1):
-        truth_table.add_row(str(i), les.kind, f"{les.diameter_mm:.1f}", ", ".join(f"{v:.1f}" for v in les.center_mm))
+        hits = [tid for tid, c in found
+                if sum((a - b) ** 2 for a, b in zip(c, les.center_mm)) ** 0.5 <= max(les.diameter_mm / 2, 1.5)]
+        truth_table.add_row(str(i), les.kind, f"{les.diameter_mm:.1f}", ", ".join(f"{v:.1f}" for v in les.center_mm),
+                            f"[green]{', '.join(hits)}[/]" if hits else "[red]missed[/]")
     console.print(truth_table)
-    console.print(f"findings: {path}")
+    console.print(f"open {out.resolve() / 'report.html'} in a browser for the report")
 
 
 def register(app: typer.Typer) -> None:

@@ -3,7 +3,7 @@
 from lesionlens.dicom.io import ReadLimits, read_dataset
 from lesionlens.dicom.scan import scan
 from lesionlens.dicom.select import SelectionRules, select_series
-from lesionlens.dicom.study import StudyResult, load_series, read_study
+from lesionlens.dicom.study import StudyRead, load_series, read_study
 from lesionlens.dicom.types import (
     Catalog,
     DisplayInfo,
@@ -19,7 +19,7 @@ from lesionlens.dicom.types import (
 __all__ = [
     "ReadLimits",
     "SelectionRules",
-    "StudyResult",
+    "StudyRead",
     "load_series",
     "read_dataset",
     "read_study",

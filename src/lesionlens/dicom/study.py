@@ -65,7 +65,7 @@ _META_KEYWORDS = ("Manufacturer", "ManufacturerModelName", "BodyPartExamined", "
 
 
 @dataclass
-class StudyResult:
+class StudyRead:
     """What :func:`read_study` found and loaded.
 
     catalog: everything scanned, each series marked selected or not (with a reason).
@@ -639,7 +639,7 @@ def read_study(
     rules: SelectionRules | None = None,
     workers: Workers = "auto",
     limits: ReadLimits | None = None,
-) -> StudyResult:
+) -> StudyRead:
     """Scan ``inputs`` (file, folder, zip, or a list of them), select series, load them.
 
     workers: processes for the header scan and the pixel decoding; ``"auto"`` (default) uses
@@ -647,7 +647,7 @@ def read_study(
     this process below that; 1 = always in this process.
 
     Raises only when the input itself is unusable (e.g. the one path given does not exist);
-    everything else is collected into ``StudyResult.problems``.
+    everything else is collected into ``StudyRead.problems``.
     """
     limits = limits or DEFAULT_LIMITS
     found: list[Problem] = []
@@ -658,7 +658,7 @@ def read_study(
         natives = {rec.source: nat for rec, nat in scanned if nat is not None}
         catalog = build_catalog((rec for rec, _ in scanned), found)
         selected = select_series(catalog, rules)
-        result = StudyResult(catalog=catalog, problems=list(catalog.problems))
+        result = StudyRead(catalog=catalog, problems=list(catalog.problems))
         for se in catalog.series:
             if not se.selected:
                 result.problems.extend(se.problems)
@@ -688,4 +688,4 @@ def default_workers() -> int:
     return max(1, min(8, n))
 
 
-__all__ = ["AUTO_POOL_MIN_FILES", "Decoded", "StudyResult", "Workers", "decode_source", "default_workers", "idle_workers", "load_series", "read_study", "scan", "select_series"]
+__all__ = ["AUTO_POOL_MIN_FILES", "Decoded", "StudyRead", "Workers", "decode_source", "default_workers", "idle_workers", "load_series", "read_study", "scan", "select_series"]

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from lesionlens import jsonio
+from lesionlens.dicom.types import Volume
 from lesionlens.errors import OutputError
+from lesionlens.pipeline.types import NOTICE, Lesion, StudyResult
 
 SCHEMA = "lesionlens.findings/1"
 
@@ -111,3 +113,86 @@ def _check_finite(obj: Any, where: str) -> None:
 def write_json(doc: dict[str, Any], path: str | Path) -> Path:
     """Write the document atomically (temp file, fsync, rename)."""
     return jsonio.write_json(doc, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# the study pipeline's document (``lesionlens detect``): the same schema, extended
+
+
+def _r(v: float | None, n: int = 3) -> float | None:
+    return None if v is None else round(float(v), n)
+
+
+def lesion_finding(les: Lesion, volume: Volume, key_images: dict[str, str] | None = None) -> Finding:
+    """One kept lesion → a Finding carrying its measurements, location and filter verdicts."""
+    m = les.measurements
+    k = les.key_k
+    diameter = m.effective_diameter_mm if m is not None else les.diameter_mm
+    extra: dict[str, Any] = {
+        "tracking_id": les.tracking_id,
+        "tracking_uid": les.tracking_uid,
+        "slice_index": k,
+        "slices": [int(les.slices[0]), int(les.slices[1])],
+        "measurements": m.to_dict() if m is not None else None,
+        "location": les.location.to_dict() if les.location is not None else None,
+        "filters": [d.to_dict() for d in les.decisions],
+    }
+    if key_images:
+        extra["key_images"] = dict(key_images)
+    extra.update({key: _r(v, 3) if isinstance(v, float) else v for key, v in les.extra.items()})
+    return Finding(
+        label=les.label, confidence=les.confidence, bbox_px=[float(v) for v in les.bbox_px],
+        center_mm=[float(v) for v in les.center_mm] if les.center_mm is not None else None,
+        diameter_mm=diameter,
+        sop_instance_uid=volume.sop_instance_uids[k] if k < len(volume.sop_instance_uids) else "",
+        frame=volume.frame_numbers[k] if k < len(volume.frame_numbers) else 1,
+        extra=extra,
+    )
+
+
+def _rejected(les: Lesion) -> dict[str, Any]:
+    why = les.rejected_by
+    return {"tracking_id": les.tracking_id, "confidence": round(float(les.confidence), 6),
+            "center_mm": [round(float(v), 3) for v in les.center_mm] if les.center_mm is not None else None,
+            "diameter_mm": _r(les.measurements.mean_diameter_mm if les.measurements else les.diameter_mm, 2),
+            "slice_index": les.key_k, "filter": why.filter if why else None, "reason": why.reason if why else None}
+
+
+def study_findings(result: StudyResult, outputs: dict[str, str] | None = None,
+                   key_images: dict[str, dict[str, str]] | None = None) -> StudyFindings:
+    """A pipeline StudyResult → the study entry of the findings document.
+
+    outputs: written files by kind (``report_html`` …), relative to the document's folder;
+    key_images: tracking_id → {"slice": path, "crop": path}, relative likewise.
+    """
+    series = []
+    for s in result.series:
+        v = s.volume
+        series.append(SeriesFindings(
+            v.series_instance_uid, v.modality,
+            [lesion_finding(les, v, (key_images or {}).get(les.tracking_id)) for les in s.lesions],
+            extra={"shape": list(v.pixels.shape[:3]), "spacing_mm": [round(float(x), 4) for x in v.spacing_mm],
+                   "rejected": [_rejected(les) for les in s.rejected], "warnings": list(s.warnings),
+                   "timings_s": {k: round(t, 4) for k, t in s.timings.items()}},
+        ))
+    return StudyFindings(result.study_instance_uid, series, extra={
+        "status": result.status,
+        "messages": list(result.messages),
+        "patient": dict(result.patient),
+        "study": dict(result.study),
+        "suggestions": [sg.to_dict() for sg in result.suggestions],
+        "problems": [p.to_dict() for p in result.problems],
+        "timings_s": {k: round(t, 4) for k, t in result.timings.items()},
+        "outputs": dict(outputs or {}),
+    })
+
+
+def findings_from_results(results: list[StudyResult], studies: list[StudyFindings]) -> dict[str, Any]:
+    """The whole document of a ``detect`` run (one entry per study, model identity once)."""
+    model = results[0].model if results else {}
+    from lesionlens import __version__
+
+    return findings_document(model, studies, extra={"notice": NOTICE, "generator": f"lesionlens {__version__}"})
+
+
+SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "findings-1.schema.json"
