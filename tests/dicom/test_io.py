@@ -73,3 +73,12 @@ def test_text_and_png_are_not_dicom(tmp_path: Path) -> None:
         with pytest.raises(NotDicomError) as err:
             read_dataset(tmp_path / name)
         assert word in err.value.reason and err.value.path == str(tmp_path / name)
+
+
+def test_an_object_without_pixel_data_reads_whole_and_header_only(pydicom_files: Path) -> None:
+    # an SR ends after its content tree: reading "the rest after the pixels" must not run past the end
+    src = pydicom_files / "test-SR.dcm"
+    whole = read_dataset(src)
+    header = read_dataset(src, stop_before_pixels=True)
+    assert whole.SOPInstanceUID == header.SOPInstanceUID and "PixelData" not in whole
+    assert len(whole.ContentSequence) == len(header.ContentSequence) > 0

@@ -391,7 +391,7 @@ def _parse(
             buf, implicit, little, stop_when=pydicom.filereader._at_pixel_data, specific_tags=specific_tags
         )
         pixel = _pixel_element_at(buf, little, implicit)  # length-checked, names the element
-        if not stop_before_pixels:  # the rest: pixel data and anything after it
+        if not stop_before_pixels and buf.tell() < buf.size:  # the rest: pixel data and anything after it
             ds.update(_pydicom_read_dataset(buf, implicit, little))
     except LesionLensError:
         raise
