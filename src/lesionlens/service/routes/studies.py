@@ -1,0 +1,142 @@
+"""Studies and jobs: ``POST /v1/studies`` (DICOM files or a zip → stored → one job per study),
+``GET /v1/jobs/{id}``, and a finished study's outputs (findings, report.html/pdf, SR)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+
+from lesionlens.errors import LesionLensError
+from lesionlens.service.auth import READ, SUBMIT, require
+from lesionlens.service.jobs import JobNotFoundError, QueueFullError
+from lesionlens.service.routes.common import (
+    BadUploadError,
+    NotFoundError,
+    job_view,
+    read_bounded,
+    runtime,
+)
+from lesionlens.service.runtime import Runtime
+
+router = APIRouter(tags=["studies"])
+
+MAX_ZIP_MEMBERS = 20_000
+
+
+def _blobs(name: str, data: bytes, limit: int) -> list[tuple[str, bytes]]:
+    """An upload → (name, bytes) of each DICOM candidate (zip members expanded, bounded)."""
+    if data[:4] != b"PK\x03\x04":
+        return [(name, data)]
+    out = []
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+            if len(infos) > MAX_ZIP_MEMBERS:
+                raise BadUploadError(f"zip {name!r} has more than {MAX_ZIP_MEMBERS} members")
+            total = 0
+            for info in infos:
+                total += info.file_size
+                if total > limit:
+                    from lesionlens.service.routes.common import UploadTooLargeError
+
+                    raise UploadTooLargeError(f"zip {name!r} expands past the upload limit")
+                out.append((f"{name}:{info.filename}", zf.read(info)))
+    except zipfile.BadZipFile as exc:
+        raise BadUploadError(f"{name!r} is not a valid zip: {exc}") from None
+    return out
+
+
+def ingest(rt: Runtime, uploads: list[tuple[str, bytes]], source: str) -> dict[str, Any]:
+    """Store every DICOM instance, then one job per study → {jobs, stored, skipped}."""
+    if rt.queue.queue_full():
+        raise QueueFullError("the job queue is full; retry later")
+    by_study: dict[str, int] = defaultdict(int)
+    skipped: list[dict[str, str]] = []
+    for name, data in uploads:
+        for member, blob in _blobs(name, data, rt.settings.max_upload_bytes):
+            try:
+                inst = rt.store.put(blob, source=f"upload:{source}")
+            except LesionLensError as exc:
+                skipped.append({"file": member, "reason": exc.reason})
+                continue
+            by_study[inst.study_uid] += 1
+    if not by_study:
+        raise BadUploadError("no DICOM instance could be stored: " +
+                             "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
+    jobs = []
+    for study_uid in sorted(by_study):
+        sops = [p.stem for p in rt.store.iter_instances(study_uid)]
+        jid = rt.queue.submit(study_uid, rt.store.study_dir(study_uid), source="upload", sop_uids=sops,
+                              meta={"submitted_by": source})
+        jobs.append({"job_id": jid, "study_uid": study_uid, "instances": len(sops)})
+    return {"job_id": jobs[0]["job_id"], "jobs": jobs, "stored": sum(by_study.values()), "skipped": skipped}
+
+
+def finished_output(rt: Runtime, study_uid: str) -> Path:
+    """The committed output folder of the study's latest finished job."""
+    from lesionlens.service.worker import load_outcome
+
+    for job in rt.queue.list("done", study_uid=study_uid, limit=5):
+        outcome = load_outcome(job.id, rt.out_root)
+        if outcome is not None:
+            return outcome.out_dir
+    raise NotFoundError(f"study {study_uid} has no finished job")
+
+
+def study_file(rt: Runtime, study_uid: str, name: str) -> Path:
+    folder = finished_output(rt, study_uid)
+    matches = sorted(folder.glob(name)) if any(c in name for c in "*?") else [folder / name]
+    matches = [m for m in matches if m.is_file()]
+    if not matches:
+        raise NotFoundError(f"study {study_uid}: the finished job wrote no {name}")
+    return matches[0]
+
+
+@router.post("/v1/studies", status_code=202, summary="Upload DICOM files or a zip; queue a job per study")
+async def submit_study(request: Request, files: list[UploadFile] = File(...),
+                       who: Any = Depends(require(*SUBMIT))) -> JSONResponse:
+    rt = runtime(request)
+    uploads = []
+    budget = rt.settings.max_upload_bytes
+    for f in files:
+        data = await read_bounded(f, budget)
+        budget -= len(data)
+        uploads.append((f.filename or "upload", data))
+    from starlette.concurrency import run_in_threadpool
+
+    body = await run_in_threadpool(ingest, rt, uploads, who.name)
+    return JSONResponse(body, status_code=202)
+
+
+@router.get("/v1/jobs/{job_id}", summary="A job's state and result")
+def get_job(job_id: str, request: Request, _who: Any = Depends(require(*READ))) -> dict[str, Any]:
+    try:
+        return job_view(runtime(request).queue.get(job_id))
+    except JobNotFoundError as exc:
+        raise NotFoundError(str(exc)) from None
+
+
+@router.get("/v1/studies/{study_uid}/findings", summary="findings.json of the study's finished job")
+def get_findings(study_uid: str, request: Request, _who: Any = Depends(require(*READ))) -> FileResponse:
+    return FileResponse(study_file(runtime(request), study_uid, "findings.json"), media_type="application/json")
+
+
+@router.get("/v1/studies/{study_uid}/report.html", summary="HTML report")
+def get_report_html(study_uid: str, request: Request, _who: Any = Depends(require(*READ))) -> FileResponse:
+    return FileResponse(study_file(runtime(request), study_uid, "report.html"), media_type="text/html")
+
+
+@router.get("/v1/studies/{study_uid}/report.pdf", summary="PDF report")
+def get_report_pdf(study_uid: str, request: Request, _who: Any = Depends(require(*READ))) -> FileResponse:
+    return FileResponse(study_file(runtime(request), study_uid, "report.pdf"), media_type="application/pdf")
+
+
+@router.get("/v1/studies/{study_uid}/sr", summary="DICOM SR of the findings")
+def get_sr(study_uid: str, request: Request, _who: Any = Depends(require(*READ))) -> FileResponse:
+    return FileResponse(study_file(runtime(request), study_uid, "sr*.dcm"), media_type="application/dicom")

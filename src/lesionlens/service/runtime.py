@@ -1,0 +1,201 @@
+"""Everything one ``lesionlens serve`` process holds, and its start/stop order.
+
+:class:`Runtime` builds (cheaply, without starting anything) the durable queue and outbox, the
+instance store, the model registry, the hot-swappable serving model (:class:`ActiveModel`), the
+token authenticator and the metrics. :meth:`Runtime.start` then starts, in order: the worker
+pool (processes), the outbox delivery thread, the DICOM listener; :meth:`Runtime.stop` stops them
+in reverse (listener first, so no new work arrives; workers last, finishing their current job).
+
+Data folder layout (``settings.data_dir``)::
+
+    queue.sqlite3, outbox.sqlite3   the durable queue and delivery outbox
+    incoming/                       received and uploaded instances (InstanceStore)
+    jobs/<job id>/                  committed job outputs (findings.json, report, SR/SEG)
+    registry/                       signed model packages and the active pointers
+    tmp/                            upload staging (never /tmp)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lesionlens.errors import ConfigError
+from lesionlens.service.auth import Authenticator, TokenStore
+from lesionlens.service.jobs import JobQueue, QueueConfig
+from lesionlens.service.metrics import Metrics
+from lesionlens.service.outbox import Outbox
+from lesionlens.service.registry import ActiveModel, ModelRegistry, ModelVersion
+from lesionlens.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PREDICT_FLOOR_CONF = 0.001  # the serving predictor keeps everything above this; requests filter
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """What a /v1/predict request uses: the predictor and the identity to report."""
+
+    predictor: Any  # lesionlens.engine.predict.Predictor
+    identity: dict[str, str]
+
+
+def packaged_version(model: str) -> ModelVersion:
+    """A :class:`ModelVersion` for a packaged model name or a package folder (not registry-backed)."""
+    from lesionlens.engine.predict import resolve_model
+
+    path = resolve_model(model)
+    return ModelVersion(name=str(model), version="packaged", path=path, manifest={})
+
+
+def load_serving_model(version: ModelVersion, threads: int | None = None) -> ServingModel:
+    """The ActiveModel loader: a Predictor over the version's package folder."""
+    from lesionlens.engine.predict import PredictConfig, Predictor
+
+    pred = Predictor(version.path, threads=threads, config=PredictConfig(conf=PREDICT_FLOOR_CONF, iou=0.7))
+    ident = dict(pred.identity)
+    if version.version != "packaged":
+        ident["registry_name"], ident["registry_version"] = version.name, version.version
+    return ServingModel(pred, ident)
+
+
+class Runtime:
+    """The service's components. ``start_model=False`` skips loading the serving model (tests
+    that do not predict). Nothing runs in the background until :meth:`start`."""
+
+    def __init__(self, settings: Settings, *, tokens: TokenStore | None = None, load_model: bool = True):
+        self.settings = settings
+        data = Path(settings.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data
+        self.tmp_dir = data / "tmp"
+        self.tmp_dir.mkdir(exist_ok=True)
+        self.out_root = data / "jobs"
+        if tokens is None and settings.tokens is not None:
+            tokens = TokenStore.load(settings.tokens)
+        self.authenticator = Authenticator(tokens, insecure=settings.insecure_no_auth)
+        self.queue = JobQueue(data / "queue.sqlite3", QueueConfig(stable_seconds=settings.stable_seconds,
+                                                                   max_queued=settings.max_queued))
+        self.outbox = Outbox(data / "outbox.sqlite3")
+        from lesionlens.net.storage import InstanceStore
+
+        self.store = InstanceStore(data / "incoming")
+        self.registry = ModelRegistry(data / "registry", settings.trusted_keys)
+        self.metrics = Metrics(queue_stats=self._queue_stats)
+        threads = settings.predict_threads
+        self.active: ActiveModel[ServingModel] = ActiveModel(lambda v: load_serving_model(v, threads))
+        self._stop = threading.Event()
+        self._outbox_thread: threading.Thread | None = None
+        self._pool: Any = None
+        self.listener: Any = None
+        if load_model:
+            self.load_initial_model()
+
+    # ------------------------------------------------------------------ model
+    def load_initial_model(self) -> None:
+        """The registry's active version when there is one, else the configured package."""
+        if not self.active.refresh(self.registry, self.settings.registry_name):
+            self.active.swap_to(packaged_version(self.settings.model))
+        self._publish_model()
+
+    def refresh_model(self, name: str | None = None) -> bool:
+        """Hot swap to the registry's active version of ``name`` → whether a swap happened."""
+        swapped = self.active.refresh(self.registry, name)
+        if swapped:
+            self._publish_model()
+        return swapped
+
+    def _publish_model(self) -> None:
+        cur = self.active.current
+        if cur is not None:
+            self.metrics.set_active_model(cur.model.identity)
+            log.info("serving model %s", cur.model.identity)
+
+    def _queue_stats(self) -> Mapping[str, float]:
+        st = self.queue.stats()
+        return {k: v for k, v in st.items() if k != "oldest_due_age_seconds"}
+
+    @property
+    def ready(self) -> bool:
+        return self.active.current is not None
+
+    # ------------------------------------------------------------------ lifecycle
+    def _detector_factory(self) -> Any:
+        from lesionlens.service.worker import DetectorFactory
+
+        registry_backed = self.registry.active(self.settings.registry_name) is not None
+        if registry_backed:
+            return DetectorFactory(registry_root=str(self.registry.root), registry_name=self.settings.registry_name,
+                                   trusted_keys=tuple(str(k) for k in self.settings.trusted_keys))
+        return DetectorFactory(model=self.settings.model)
+
+    def _sender(self) -> Any:
+        from lesionlens.net.scu import ScuOptions, send_files
+
+        ae = self.settings.ae_title
+
+        def send(destination: str, files: list[Path]) -> dict[Path, bool]:
+            report = send_files(destination, files, calling_ae=ae, options=ScuOptions())
+            return {Path(r.path): r.ok for r in report.results}
+
+        return send
+
+    def start(self) -> None:
+        """Workers, outbox thread, DICOM listener (in that order). Raises on a bind failure."""
+        s = self.settings
+        if s.workers > 0:
+            from lesionlens.service.worker import WorkerConfig, start_workers
+
+            cfg = WorkerConfig(out_root=self.out_root, destinations=tuple(s.send_to))
+            self._pool = start_workers(s.workers, self.queue, self.outbox, self._detector_factory(), cfg)
+        if s.send_to:
+            from lesionlens.service.outbox import run_outbox
+
+            self._outbox_thread = threading.Thread(target=run_outbox, args=(self.outbox, self._sender(), self._stop),
+                                                   name="outbox", daemon=True)
+            self._outbox_thread.start()
+        if s.dicom_port >= 0:
+            from lesionlens.net.scp import DicomListener, DicomListenerConfig
+
+            cfg_l = DicomListenerConfig(ae_title=s.ae_title, host=s.dicom_host, port=s.dicom_port,
+                                        allow_ae=list(s.allow_ae))
+            self.listener = DicomListener(self.store, cfg_l, on_stored=self._on_stored,
+                                          accepting=lambda: not self.queue.queue_full())
+            try:
+                self.listener.start()
+            except Exception:
+                self.stop()
+                raise
+
+    def _on_stored(self, inst: Any) -> None:
+        self.queue.touch_study(inst.study_uid, inst.sop_instance_uid, inst.path, source="dicom",
+                               meta={"source": inst.source})
+
+    def stop(self) -> None:
+        """Listener, outbox, workers — each stopped once; safe to call twice."""
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
+        self._stop.set()
+        if self._outbox_thread is not None:
+            self._outbox_thread.join(10)
+            self._outbox_thread = None
+        if self._pool is not None:
+            self._pool.stop(timeout=30)
+            self._pool = None
+
+
+def build_runtime(settings: Settings, *, load_model: bool = True) -> Runtime:
+    """Validate what only the runtime can check, then build it."""
+    if settings.tokens is None and not settings.insecure_no_auth:
+        raise ConfigError("no API tokens configured: give --tokens FILE (create one with `lesionlens token "
+                          "create --role admin --tokens FILE`) or, for a local test only, --insecure-no-auth")
+    return Runtime(settings, load_model=load_model)
+
+
+__all__ = ["Runtime", "ServingModel", "build_runtime", "load_serving_model", "packaged_version"]
