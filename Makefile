@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lesionlens-installed
-SYSTEM_TOOLS := storescu findscu dsrdump dciodvfy pdftoppm pdftotext chromium
-APT_PACKAGES := dcmtk dicom3tools poppler-utils chromium
+SYSTEM_TOOLS := storescu findscu dsrdump dciodvfy pdftoppm pdftotext chromium Orthanc
+APT_PACKAGES := dcmtk dicom3tools poppler-utils chromium orthanc orthanc-dicomweb
 
 .PHONY: setup sysdeps demo test bench train-default clean
 

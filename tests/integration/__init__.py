@@ -1,0 +1,1 @@
+"""Helpers that start real servers (Orthanc) on loopback for integration tests."""
