@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import pydicom_data_dir, pydicom_test_files_dir
+from tests.conftest import pydicom_data_dir, pydicom_test_files_dir
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from lesionlens.dicom.pixels import PLUGIN_ORDER, decode_pixels, frame_count, transfer_syntax_of

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_tool
+from tests.conftest import require_tool
 from PIL import Image
 
 from lesionlens.dicom.types import Problem

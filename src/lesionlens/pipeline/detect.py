@@ -50,7 +50,7 @@ class DetectConfig:
     workers: processes for reading the study ("auto": every CPU for large inputs).
     """
 
-    predict: PredictConfig = field(default_factory=lambda: PredictConfig(conf=0.25))
+    predict: PredictConfig = field(default_factory=lambda: PredictConfig(conf=0.5))
     fpr: FPRConfig = field(default_factory=FPRConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     max_candidates: int = 100
