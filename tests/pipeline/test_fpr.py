@@ -59,7 +59,7 @@ def test_real_nodules_pass_every_filter(case: Case, lung: np.ndarray) -> None:
     assert any(n.juxtapleural for n, _ in case.pairs) and any(n.juxtavascular for n, _ in case.pairs)
     apply_filters(case.volume, lesions, lung, FPRConfig())
     for (n, les) in case.pairs:
-        assert [d.filter for d in les.decisions] == ["lung", "size", "vessel"]
+        assert [d.filter for d in les.decisions] == ["lung", "size", "vessel", "track"]
         assert les.kept, f"nodule {n.id} ({n.diameter_mm:.1f} mm) rejected: {les.rejected_by}"
         assert "inside the lung mask" in les.decisions[0].reason
         assert "within 3.0–30.0 mm" in les.decisions[1].reason
@@ -67,7 +67,7 @@ def test_real_nodules_pass_every_filter(case: Case, lung: np.ndarray) -> None:
         assert les.decisions[2].value is not None and les.decisions[2].value < 2.5
     # running again replaces the decisions instead of adding more
     apply_filters(case.volume, lesions, lung)
-    assert all(len(les.decisions) == 3 for les in lesions)
+    assert all(len(les.decisions) == 4 for les in lesions)
 
 
 def test_a_vessel_of_the_phantom_is_rejected_as_vessel_like(case: Case, lung: np.ndarray) -> None:
@@ -158,7 +158,7 @@ def test_a_2mm_candidate_is_rejected_by_size() -> None:
     assert bad == FilterDecision("size", False, f"mean diameter {d:.1f} mm below the 3.0 mm minimum", d)
     # without a measurement the detector's diameter is used; above the maximum is rejected too
     big = Lesion("C2", "", "nodule", 0.5, 5, np.array([2, 2, 46, 46], np.float32), (0, 11), diameter_mm=35.0)
-    apply_filters(vol, [big], None, FPRConfig(vessel_filter=False))
+    apply_filters(vol, [big], None, FPRConfig(vessel_filter=False, track_filter=False))
     assert [(x.filter, x.passed) for x in big.decisions] == [("lung", True), ("size", False)]
     assert big.decisions[0].reason == "no lung mask: not checked"
     assert big.decisions[1].reason == "detector diameter 35.0 mm above the 30.0 mm maximum"
@@ -167,11 +167,30 @@ def test_a_2mm_candidate_is_rejected_by_size() -> None:
 def test_switched_off_filters_record_nothing_and_config_is_checked() -> None:
     les = Lesion("C1", "", "nodule", 0.5, 0, np.array([0, 0, 2, 2], np.float32), (0, 0), diameter_mm=1.0)
     vol = Volume(pixels=np.zeros((1, 4, 4), np.float32), affine=np.eye(4))
-    apply_filters(vol, [les], None, FPRConfig(lung_filter=False, size_filter=False, vessel_filter=False))
+    apply_filters(vol, [les], None, FPRConfig(lung_filter=False, size_filter=False, vessel_filter=False, track_filter=False))
     assert les.decisions == [] and les.kept
-    apply_filters(vol, [les], None, FPRConfig(lung_filter=False, vessel_filter=False, size_range_mm=(0.5, 5.0)))
+    apply_filters(vol, [les], None, FPRConfig(lung_filter=False, vessel_filter=False, track_filter=False, size_range_mm=(0.5, 5.0)))
     assert les.kept and les.decisions[0].value == pytest.approx(1.0)
     with pytest.raises(ConfigError):
         FPRConfig(size_range_mm=(10.0, 5.0))
     with pytest.raises(ConfigError):
         FPRConfig(max_elongation=1.0)
+
+
+def test_track_filter_drops_a_candidate_seen_on_too_few_slices_for_its_size() -> None:
+    from lesionlens.pipeline.fpr import FPRConfig, track_decision
+    from lesionlens.pipeline.types import Lesion
+
+    def cand(z_mm: float, d_mm: float) -> Lesion:
+        return Lesion("L1", "", "nodule", 0.8, 5, np.array([10, 10, 20, 20], np.float32), (5, 5),
+                      diameter_mm=d_mm, extra={"z_extent_mm": z_mm})
+
+    cfg = FPRConfig()
+    flat = track_decision(cand(1.0, 8.0), cfg)  # one 1 mm slice for an 8 mm lesion
+    assert not flat.passed and "too thin" in flat.reason and flat.value == pytest.approx(0.125)
+    assert track_decision(cand(3.0, 9.0), cfg).passed  # 3 slices of 1 mm for 9 mm: plausible
+    assert track_decision(cand(2.5, 6.0), cfg).passed  # one thick slice covers a small nodule
+    assert track_decision(Lesion("L1", "", "nodule", 0.8, 5, np.zeros(4, np.float32), (5, 5)), cfg).reason.startswith("no track")
+    assert track_decision(cand(1.0, 8.0), FPRConfig(min_z_ratio=0.1)).passed
+    with pytest.raises(ConfigError):
+        FPRConfig(min_z_ratio=3.0)

@@ -30,7 +30,7 @@ from lesionlens.errors import ConfigError
 from lesionlens.pipeline.measure import elongation
 from lesionlens.pipeline.types import FilterDecision, Lesion
 
-FILTERS = ("lung", "size", "vessel")
+FILTERS = ("lung", "size", "vessel", "track")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class FPRConfig:
     max_elongation: float = 2.5
     max_z_ratio: float = 2.0
     max_drift_ratio: float = 0.6
+    track_filter: bool = True
+    min_z_ratio: float = 0.3
 
     def __post_init__(self) -> None:
         lo, hi = self.size_range_mm
@@ -57,6 +59,8 @@ class FPRConfig:
             raise ConfigError(f"fpr.size_range_mm must be (min, max) with 0 <= min < max, got {self.size_range_mm}")
         if not 0.0 < self.lung_min_fraction <= 1.0:
             raise ConfigError(f"fpr.lung_min_fraction must be in (0, 1], got {self.lung_min_fraction}")
+        if not 0.0 <= self.min_z_ratio < self.max_z_ratio:
+            raise ConfigError(f"fpr.min_z_ratio must be in [0, max_z_ratio), got {self.min_z_ratio}")
         if self.max_elongation <= 1.0 or self.max_z_ratio <= 0 or self.max_drift_ratio <= 0:
             raise ConfigError("fpr.max_elongation must be > 1 and max_z_ratio, max_drift_ratio > 0")
 
@@ -146,6 +150,23 @@ def vessel_decision(volume: Volume, lesion: Lesion, config: FPRConfig) -> Filter
     return FilterDecision("vessel", True, "not vessel-like (" + ", ".join(notes) + ")", elong)
 
 
+def track_decision(lesion: Lesion, config: FPRConfig) -> FilterDecision:
+    """The ``track`` filter's verdict: a nodule is about as deep as it is wide, so it shows on
+    neighbouring slices; a candidate seen on too few slices for its in-plane size (noise, a
+    vessel crossing the slice, an edge) is dropped. Slices thicker than the expected depth
+    cannot tell, so one slice is enough there. value: z extent / size."""
+    z_ext = lesion.extra.get("z_extent_mm")
+    m = lesion.measurements
+    size = float(m.mean_diameter_mm) if m is not None else float(lesion.diameter_mm or 0.0)
+    if z_ext is None or size <= 0:
+        return FilterDecision("track", True, "no track: not checked")
+    ratio = float(z_ext) / size
+    if ratio < config.min_z_ratio:
+        return FilterDecision("track", False, f"too thin across slices (seen over {float(z_ext):.1f} mm for a "
+                              f"{size:.1f} mm lesion: {ratio:.2f} < {config.min_z_ratio:.2f} × size)", ratio)
+    return FilterDecision("track", True, f"seen over {float(z_ext):.1f} mm ({ratio:.2f} × size)", ratio)
+
+
 def apply_filters(volume: Volume, lesions: list[Lesion], lung_mask: np.ndarray | None,
                   config: FPRConfig | None = None) -> None:
     """Run the enabled filters on every lesion, appending their decisions (earlier decisions of
@@ -163,7 +184,9 @@ def apply_filters(volume: Volume, lesions: list[Lesion], lung_mask: np.ndarray |
             found.append(size_decision(les, cfg))
         if cfg.vessel_filter:
             found.append(vessel_decision(volume, les, cfg))
+        if cfg.track_filter:
+            found.append(track_decision(les, cfg))
         les.decisions = [d for d in les.decisions if d.filter not in FILTERS] + found
 
 
-__all__ = ["FILTERS", "FPRConfig", "apply_filters", "lung_decision", "size_decision", "vessel_decision"]
+__all__ = ["FILTERS", "FPRConfig", "apply_filters", "lung_decision", "size_decision", "track_decision", "vessel_decision"]
