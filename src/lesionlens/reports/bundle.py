@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def write_study_outputs(res: StudyResult, folder: Path, outputs: Iterable[str] =
 
         for s in res.series:
             if s.lesions:
-                got = stage.run("images", lambda s=s: render_key_images(s.volume, s.lesions, folder / "images"))
+                got = stage.run("images", partial(render_key_images, s.volume, s.lesions, folder / "images"))
                 key_images.update(got or {})
     rel_images = {tid: {kind: _rel(p, folder) for kind, p in d.items()} for tid, d in key_images.items()}
     if "html" in chosen:

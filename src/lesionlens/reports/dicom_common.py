@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
@@ -113,6 +114,27 @@ def series_number(kind: str, sources: Sequence[Dataset]) -> int:
     except (TypeError, ValueError):
         src = 0
     return SERIES_NUMBER_BASE[kind] + max(src, 0)
+
+
+def output_attributes(kind: str, label: str, result: StudyResult, series: SeriesResult,
+                      sources: Sequence[Dataset]) -> dict[str, Any]:
+    """The series/instance/device keyword arguments every highdicom output constructor takes.
+
+    kind: the UID and series-number key ("SR", "SEG", "PR"); label: the word in the series
+    description ("SR", "SEG", "GSPS")."""
+    ident = identity(result)
+    series_uid, sop_uid = output_uids(kind, result, series)
+    return {
+        "series_instance_uid": series_uid,
+        "series_number": series_number(kind, sources),
+        "sop_instance_uid": sop_uid,
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": ident.manufacturer_model_name,
+        "software_versions": list(ident.software_versions),  # a list: pydicom warns on tuples for LO
+        "device_serial_number": ident.device_serial_number,
+        "series_description": ident.series_description(label),
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,11 +39,9 @@ from lesionlens.reports.dicom_common import (
     MANUFACTURER,
     NOT_CLINICAL,
     checked_sources,
-    identity,
     is_ct,
     is_multiframe,
-    output_uids,
-    series_number,
+    output_attributes,
     slice_ref,
     unique,
     with_patient_study,
@@ -177,18 +175,8 @@ def build_gsps(result: StudyResult, series: SeriesResult, sources: Sequence[Data
     plut = None
     if str(referenced[0].get("PhotometricInterpretation", "")) == "MONOCHROME1":
         plut = hd.PresentationLUTTransformation(presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE)
-    ident = identity(result)
-    series_uid, sop_uid = output_uids("PR", result, series)
     ps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=referenced,
-        series_instance_uid=series_uid,
-        series_number=series_number("PR", sources),
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=ident.manufacturer_model_name,
-        software_versions=list(ident.software_versions),  # type: ignore[arg-type]  # list: pydicom warns on tuples
-        device_serial_number=ident.device_serial_number,
         content_label="LESIONLENS",
         content_description=f"{MANUFACTURER} findings {NOT_CLINICAL}",
         graphic_annotations=annotations,
@@ -196,7 +184,7 @@ def build_gsps(result: StudyResult, series: SeriesResult, sources: Sequence[Data
         modality_lut_transformation=_modality_lut(vol, referenced),
         voi_lut_transformations=voi,
         presentation_lut_transformation=plut,
-        series_description=ident.series_description("GSPS"),
+        **output_attributes("PR", "GSPS", result, series, sources),
     )
     _body_part(ps, vol, sources[0])
     return ps

@@ -41,8 +41,7 @@ from lesionlens.reports.dicom_common import (
     finding_type,
     identity,
     is_multiframe,
-    output_uids,
-    series_number,
+    output_attributes,
     unique,
     with_patient_study,
 )
@@ -150,24 +149,15 @@ def build_seg(result: StudyResult, series: SeriesResult, sources: Sequence[Datas
         )
         for s, (les, _) in enumerate(crops)
     ]
-    series_uid, sop_uid = output_uids("SEG", result, series)
     source_images[0] = with_patient_study(source_images[0])
     seg = hd.seg.Segmentation(
         source_images=source_images,
         pixel_array=arr,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=series_uid,
-        series_number=series_number("SEG", sources),
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=ident.manufacturer_model_name,
-        software_versions=list(ident.software_versions),  # type: ignore[arg-type]  # list: pydicom warns on tuples
-        device_serial_number=ident.device_serial_number,
         content_label="LESIONS",
         content_description=f"{MANUFACTURER} lesion masks {NOT_CLINICAL}",
-        series_description=ident.series_description("SEG"),
+        **output_attributes("SEG", "SEG", result, series, sources),
         omit_empty_frames=True,
     )
     if "FrameOfReferenceUID" not in seg:

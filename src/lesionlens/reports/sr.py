@@ -68,8 +68,7 @@ from lesionlens.reports.dicom_common import (
     identity,
     is_ct,
     laterality,
-    output_uids,
-    series_number,
+    output_attributes,
     slice_ref,
     unique,
     with_patient_study,
@@ -142,22 +141,13 @@ def build_sr(result: StudyResult, series: SeriesResult, sources: Sequence[Datase
         report = report_with(None)
     report[0].ContentSequence.append(_notice(ident))
 
-    series_uid, sop_uid = output_uids("SR", result, series)
     evidence = unique(sources)
     evidence[0] = with_patient_study(evidence[0])
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
-        series_instance_uid=series_uid,
-        series_number=series_number("SR", sources),
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
         is_complete=True,
-        series_description=ident.series_description("SR"),
-        manufacturer_model_name=ident.manufacturer_model_name,
-        software_versions=list(ident.software_versions),  # a list: pydicom warns on tuples for LO
-        device_serial_number=ident.device_serial_number,
+        **output_attributes("SR", "SR", result, series, sources),
     )
 
 
