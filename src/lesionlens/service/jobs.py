@@ -77,6 +77,11 @@ class JobInputError(LesionLensError):
     code = "job-input"
 
 
+def backoff_delay(base_seconds: float, max_seconds: float, attempts: int) -> float:
+    """Exponential back-off: ``base`` after the first failed attempt, doubling, capped at ``max``."""
+    return float(min(max_seconds, base_seconds * 2 ** max(0, attempts - 1)))
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     """stable_seconds: quiet time after the last instance before a study becomes a job.
@@ -106,7 +111,7 @@ class QueueConfig:
 
     def backoff(self, attempts: int) -> float:
         """Delay before the retry that follows failed attempt number ``attempts`` (1-based)."""
-        return float(min(self.max_backoff_seconds, self.backoff_seconds * 2 ** max(0, attempts - 1)))
+        return backoff_delay(self.backoff_seconds, self.max_backoff_seconds, attempts)
 
 
 @dataclass

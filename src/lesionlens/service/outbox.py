@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lesionlens.errors import ConfigError, LesionLensError
-from lesionlens.service.jobs import Clock, SqliteStore
+from lesionlens.service.jobs import Clock, SqliteStore, backoff_delay
 
 DeliveryState = Literal["pending", "sending", "delivered"]
 Sender = Callable[[str, list[Path]], Mapping[Path, bool]]
@@ -60,7 +60,7 @@ class OutboxConfig:
             raise ConfigError(f"batch must be >= 1, got {self.batch}")
 
     def backoff(self, attempts: int) -> float:
-        return float(min(self.max_backoff_seconds, self.backoff_seconds * 2 ** max(0, attempts - 1)))
+        return backoff_delay(self.backoff_seconds, self.max_backoff_seconds, attempts)
 
 
 @dataclass
