@@ -119,7 +119,7 @@ def create_token(path: str | Path, role: str, name: str | None = None) -> str:
     if role not in ROLES:
         raise ConfigError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
     p = Path(path)
-    doc = _read(p) if p.exists() else {"format": TOKENS_FORMAT, "tokens": []}
+    doc: dict[str, Any] = _read(p) if p.exists() else {"format": TOKENS_FORMAT, "tokens": []}
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     doc["tokens"].append({"sha256": hash_token(token), "role": role,
                           "name": name or f"{role}-{len(doc['tokens']) + 1}",
