@@ -80,7 +80,7 @@ class OrthancServer:
     def __init__(self, workdir: str | Path, *, ae_title: str = "ORTHANC",
                  modalities: dict[str, tuple[str, str, int]] | None = None,
                  dicomweb: bool = True, startup_timeout_s: float = 30.0, binary: str | None = None,
-                 tcp_nodelay: bool = True):
+                 tcp_nodelay: bool = True, count_stores: bool = False):
         self.workdir = Path(workdir).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
@@ -92,6 +92,8 @@ class OrthancServer:
             raise OrthancError("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
         self.binary = binary
         self.tcp_nodelay = tcp_nodelay
+        self.count_stores = count_stores
+        self.stores_path = self.workdir / "stored-sop-uids.txt"
         self.plugin = find_dicomweb_plugin() if dicomweb else None
         if dicomweb and self.plugin is None:
             raise OrthancError("the Orthanc DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
@@ -172,6 +174,12 @@ class OrthancServer:
             "DicomScuTimeout": 10,
             "DicomScpTimeout": 30,
         }
+        if self.count_stores:  # a Lua hook appends every stored instance, re-stores included
+            lua = self.workdir / "count-stores.lua"
+            lua.write_text('function OnStoredInstance(instanceId, tags, metadata, origin)\n'
+                           f'  local f = io.open("{self.stores_path}", "a")\n'
+                           '  f:write(tags["SOPInstanceUID"] .. "\\n")\n  f:close()\nend\n')
+            cfg["LuaScripts"] = [str(lua)]
         if self.plugin:
             cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True,
                                "Ssl": False, "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
@@ -275,6 +283,23 @@ class OrthancServer:
                           json={"AET": ae_title, "Host": host, "Port": port}, timeout=10.0)
             if r.status_code != 200:
                 raise OrthancError(f"PUT /modalities/{name}: HTTP {r.status_code}: {r.text[:300]}")
+
+    def stores(self) -> list[str]:
+        """With ``count_stores``: the SOP Instance UID of every store Orthanc executed, in order
+        (an instance stored twice is listed twice, although Orthanc keeps one copy)."""
+        if not self.stores_path.exists():
+            return []
+        return [line for line in self.stores_path.read_text().splitlines() if line]
+
+    def find_instances(self, study_uid: str, modality: str | None = None) -> list[dict[str, Any]]:
+        """Stored instances of a study (optionally of one modality), with their main tags."""
+        query = {"StudyInstanceUID": study_uid} | ({"Modality": modality} if modality else {})
+        found = self.rest_post("/tools/find", {"Level": "Instance", "Query": query, "Expand": True})
+        return list(found)
+
+    def instance_tags(self, orthanc_id: str) -> dict[str, Any]:
+        """``/instances/{id}/simplified-tags`` (keyword → value; sequences as lists of dicts)."""
+        return dict(self.rest_get(f"/instances/{orthanc_id}/simplified-tags"))
 
     def instances(self) -> list[str]:
         """Orthanc IDs of every stored instance."""

@@ -56,7 +56,7 @@ def ct_png() -> bytes:
 
 # every non-health route with a minimal request
 ROUTES = [
-    ("post", "/v1/predict"), ("post", "/predict"), ("post", "/v1/studies"), ("get", "/v1/jobs/x"),
+    ("post", "/v1/predict"), ("post", "/predict"), ("post", "/v1/studies"), ("get", "/v1/jobs"), ("get", "/v1/jobs/x"),
     ("get", "/v1/studies/1.2.3/findings"), ("get", "/v1/studies/1.2.3/report.html"),
     ("get", "/v1/studies/1.2.3/report.pdf"), ("get", "/v1/studies/1.2.3/sr"), ("get", "/v1/models"),
     ("post", "/v1/models"), ("post", "/v1/models/m/1/activate"), ("post", "/v1/models/m/rollback"),
@@ -69,7 +69,7 @@ ADMIN_ROUTES = {"/v1/models/m/1/activate", "/v1/models/m/rollback"}
 def test_every_route_is_listed(service: dict) -> None:
     app = service["client"].app
     paths = set(app.openapi()["paths"]) | {"/predict"}
-    listed = {p.replace("/x", "/{job_id}").replace("1.2.3", "{study_uid}").replace("/m/1/", "/{name}/{version}/")
+    listed = {p.replace("/jobs/x", "/jobs/{job_id}").replace("1.2.3", "{study_uid}").replace("/m/1/", "/{name}/{version}/")
               .replace("/m/", "/{name}/") for _, p in ROUTES} | {"/healthz", "/readyz"}
     assert paths == listed
 
@@ -149,7 +149,12 @@ def test_studies_upload_queues_a_job(service: dict, tmp_path: Path) -> None:
     jid = r.json()["job_id"]
     assert r.json()["stored"] >= 4
     j = c.get(f"/v1/jobs/{jid}", headers=_h(service, "viewer"))
-    assert j.status_code == 200 and j.json()["state"] == "queued"
+    assert j.status_code == 200 and j.json()["state"] == "queued" and j.json()["deliveries"] == []
+    listed = c.get("/v1/jobs", headers=_h(service, "viewer"), params={"state": "queued"}).json()
+    assert jid in {x["id"] for x in listed["jobs"]} and listed["stats"]["queued"] >= 1
+    assert c.get("/v1/jobs", headers=_h(service, "viewer"), params={"state": "dead"}).json()["jobs"] == []
+    bad = c.get("/v1/jobs", headers=_h(service, "viewer"), params={"state": "bogus"})
+    assert bad.status_code == 422 and "bogus" in bad.text
     assert c.get("/v1/jobs/nope", headers=_h(service, "viewer")).status_code == 404
     uid = r.json()["jobs"][0]["study_uid"]
     assert c.get(f"/v1/studies/{uid}/findings", headers=_h(service, "viewer")).status_code == 404

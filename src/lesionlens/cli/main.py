@@ -11,7 +11,16 @@ import sys
 import typer
 
 from lesionlens import __version__
-from lesionlens.cli import convert_cmd, data_cmd, demo_cmd, detect_cmd, inspect_cmd, model_cmd, serve_cmd
+from lesionlens.cli import (
+    convert_cmd,
+    data_cmd,
+    demo_cmd,
+    detect_cmd,
+    inspect_cmd,
+    model_cmd,
+    pacs_cmd,
+    serve_cmd,
+)
 
 app = typer.Typer(
     name="lesionlens",
@@ -35,7 +44,7 @@ def _root(
     """LesionLens command line."""
 
 
-for _module in (inspect_cmd, convert_cmd, detect_cmd, data_cmd, model_cmd, demo_cmd, serve_cmd):
+for _module in (inspect_cmd, convert_cmd, detect_cmd, data_cmd, model_cmd, demo_cmd, serve_cmd, pacs_cmd):
     _module.register(app)
 
 

@@ -435,6 +435,17 @@ class JobQueue(SqliteStore):
         with self._tx() as c:
             return self._reap(c, self._now(now))
 
+    def release_dead_workers(self, alive: Callable[[str], bool], now: float | None = None) -> builtins.list[str]:
+        """Re-queue at once the running jobs whose worker ``alive(worker_id)`` says is gone (a
+        service restarted after a crash need not wait for their leases) → their ids."""
+        t = self._now(now)
+        with self._tx() as c:
+            rows = c.execute("SELECT id, worker_id FROM jobs WHERE state='running'").fetchall()
+            gone = [r["id"] for r in rows if not alive(str(r["worker_id"] or ""))]
+            for job_id in gone:
+                c.execute("UPDATE jobs SET lease_until=? WHERE id=?", (t - 1.0, job_id))
+            return self._reap(c, t) if gone else []
+
     # ------------------------------------------------------------------ reading
     def get(self, job_id: str) -> Job:
         return self._row(self._conn(), job_id)

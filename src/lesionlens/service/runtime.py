@@ -28,7 +28,7 @@ from lesionlens.errors import ConfigError
 from lesionlens.service.auth import Authenticator, TokenStore
 from lesionlens.service.jobs import JobQueue, QueueConfig
 from lesionlens.service.metrics import Metrics
-from lesionlens.service.outbox import Outbox
+from lesionlens.service.outbox import Outbox, OutboxConfig
 from lesionlens.service.registry import ActiveModel, ModelRegistry, ModelVersion
 from lesionlens.service.settings import Settings
 
@@ -81,7 +81,9 @@ class Runtime:
         self.authenticator = Authenticator(tokens, insecure=settings.insecure_no_auth)
         self.queue = JobQueue(data / "queue.sqlite3", QueueConfig(stable_seconds=settings.stable_seconds,
                                                                    max_queued=settings.max_queued))
-        self.outbox = Outbox(data / "outbox.sqlite3")
+        self.outbox = Outbox(data / "outbox.sqlite3", OutboxConfig(
+            backoff_seconds=settings.delivery_backoff_seconds,
+            max_backoff_seconds=settings.delivery_max_backoff_seconds))
         from lesionlens.net.storage import InstanceStore
 
         self.store = InstanceStore(data / "incoming")
@@ -128,32 +130,39 @@ class Runtime:
     def _detector_factory(self) -> Any:
         from lesionlens.service.worker import DetectorFactory
 
-        registry_backed = self.registry.active(self.settings.registry_name) is not None
-        if registry_backed:
-            return DetectorFactory(registry_root=str(self.registry.root), registry_name=self.settings.registry_name,
-                                   trusted_keys=tuple(str(k) for k in self.settings.trusted_keys))
-        return DetectorFactory(model=self.settings.model)
+        # Registry-backed always: a version activated while the service runs is used by the next job.
+        return DetectorFactory(model=self.settings.model, registry_root=str(self.registry.root),
+                               registry_name=self.settings.registry_name,
+                               trusted_keys=tuple(str(k) for k in self.settings.trusted_keys))
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        """Where results go: each ``--send-to`` peer (C-STORE), then the ``--stow-url`` (STOW-RS)."""
+        s = self.settings
+        return tuple(s.send_to) + ((s.stow_url,) if s.stow_url else ())
 
     def _sender(self) -> Any:
-        from lesionlens.net.scu import ScuOptions, send_files
+        from lesionlens.service.pull import default_sender
 
-        ae = self.settings.ae_title
-
-        def send(destination: str, files: list[Path]) -> dict[Path, bool]:
-            report = send_files(destination, files, calling_ae=ae, options=ScuOptions())
-            return {Path(r.path): r.ok for r in report.results}
-
-        return send
+        return default_sender(self.settings.ae_title)
 
     def start(self) -> None:
-        """Workers, outbox thread, DICOM listener (in that order). Raises on a bind failure."""
+        """Workers, outbox thread, DICOM listener (in that order). Raises on a bind failure.
+
+        Jobs left ``running`` by workers of a previous run that died (kill -9, power loss) are
+        re-queued first, so a restarted service does not wait for their leases to run out."""
         s = self.settings
+        from lesionlens.service.worker import worker_alive
+
+        orphans = self.queue.release_dead_workers(worker_alive)
+        if orphans:
+            log.warning("re-queued %d job(s) whose worker died: %s", len(orphans), ", ".join(orphans))
         if s.workers > 0:
             from lesionlens.service.worker import WorkerConfig, start_workers
 
-            cfg = WorkerConfig(out_root=self.out_root, destinations=tuple(s.send_to))
+            cfg = WorkerConfig(out_root=self.out_root, destinations=self.destinations)
             self._pool = start_workers(s.workers, self.queue, self.outbox, self._detector_factory(), cfg)
-        if s.send_to:
+        if self.destinations:
             from lesionlens.service.outbox import run_outbox
 
             self._outbox_thread = threading.Thread(target=run_outbox, args=(self.outbox, self._sender(), self._stop),

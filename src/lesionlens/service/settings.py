@@ -45,6 +45,8 @@ class Settings(BaseModel):
     model: str = "default"
     registry_name: str | None = None
     trusted_keys: list[Path] = Field(default_factory=list)
+    delivery_backoff_seconds: float = Field(10.0, ge=0, description="first retry delay of a failed result delivery")
+    delivery_max_backoff_seconds: float = Field(300.0, ge=0, description="cap of the doubling retry delay")
     max_upload_mb: float = Field(512.0, gt=0)
     max_queued: int = Field(1000, ge=1)
     tokens: Path | None = None
@@ -73,6 +75,13 @@ class Settings(BaseModel):
         from lesionlens.net.address import parse_peer
 
         return [str(parse_peer(p)) for p in v]
+
+    @field_validator("stow_url")
+    @classmethod
+    def _stow(cls, v: str | None) -> str | None:
+        if v is not None and not v.lower().startswith(("http://", "https://")):
+            raise ConfigError(f"stow_url must be an http:// or https:// DICOMweb root, got {v!r}")
+        return v
 
     @property
     def max_upload_bytes(self) -> int:

@@ -34,7 +34,6 @@ from lesionlens.errors import (
     ConfigError,
     DataFormatError,
     LesionLensError,
-    ModelError,
     UnsupportedInputError,
 )
 from lesionlens.jsonio import read_json, write_json
@@ -172,7 +171,8 @@ class DetectorFactory:
     """Picklable recipe for the worker's Detector, built once per process and reused.
 
     With ``registry_root`` the model is the registry's active version of ``registry_name``
-    (verified against ``trusted_keys``); a newly activated version is picked up by the next job.
+    (verified against ``trusted_keys``), or the packaged ``model`` while none is active; a newly
+    activated version is picked up by the next job.
     """
 
     model: str = "default"
@@ -186,7 +186,7 @@ class DetectorFactory:
     @property
     def registry_version(self) -> tuple[str, str] | None:
         """(name, version) in the registry of the loaded model; None when not registry-backed."""
-        if self.registry_root is None or self._cache is None:
+        if self.registry_root is None or self._cache is None or not isinstance(self._cache[0], tuple):
             return None
         name, version = self._cache[0]
         return str(name), str(version)
@@ -202,13 +202,12 @@ class DetectorFactory:
 
             reg = ModelRegistry(self.registry_root, self.trusted_keys)
             active = reg.active(self.registry_name)
-            if active is None:
-                raise ModelError(f"no active model in the registry at {self.registry_root}")
-            key = (active.name, active.version)
-            if self._cache is not None and self._cache[0] == key:
-                return self._cache[1]
-            path = reg.verify(active.name, active.version).path
-        elif self._cache is not None and self._cache[0] == key:
+            if active is not None:  # else the packaged ``model`` until a version is activated
+                key = (active.name, active.version)
+                if self._cache is not None and self._cache[0] == key:
+                    return self._cache[1]
+                path = reg.verify(active.name, active.version).path
+        if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         from lesionlens.pipeline.detect import DetectConfig, Detector
 
@@ -262,6 +261,22 @@ class _Heartbeat(threading.Thread):
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def worker_alive(worker_id: str) -> bool:
+    """Whether the process behind a :func:`new_worker_id` still runs. Ids of other hosts (or
+    that do not parse) count as alive: only their lease can tell."""
+    host, _, rest = worker_id.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_worker(queue: JobQueue, outbox: Outbox | None, *, detector_factory: Callable[[], Any],
@@ -355,4 +370,5 @@ __all__ = [
     "process_job",
     "run_worker",
     "start_workers",
+    "worker_alive",
 ]

@@ -114,10 +114,32 @@ async def submit_study(request: Request, files: list[UploadFile] = File(...),
     return JSONResponse(body, status_code=202)
 
 
-@router.get("/v1/jobs/{job_id}", summary="A job's state and result")
+def job_with_deliveries(rt: Runtime, job: Any) -> dict[str, Any]:
+    """A job's view plus the delivery state of each of its result objects per destination."""
+    view = job_view(job)
+    view["deliveries"] = [{k: d.to_dict()[k] for k in ("destination", "sop_uid", "state", "attempts",
+                                                        "delivered_at", "last_error")}
+                          for d in rt.outbox.list(job_id=job.id)]
+    return view
+
+
+@router.get("/v1/jobs", summary="Jobs, newest first; ?state=dead lists the dead letters")
+def list_jobs(request: Request, state: str | None = None, study_uid: str | None = None, limit: int = 100,
+              _who: Any = Depends(require(*READ))) -> dict[str, Any]:
+    from lesionlens.service.jobs import STATES
+
+    if state is not None and state not in STATES:
+        raise BadUploadError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+    rt = runtime(request)
+    jobs = rt.queue.list(state, study_uid=study_uid, limit=max(1, min(limit, 1000)))  # type: ignore[arg-type]
+    return {"jobs": [job_view(j) for j in jobs], "stats": rt.queue.stats(), "deliveries": rt.outbox.stats()}
+
+
+@router.get("/v1/jobs/{job_id}", summary="A job's state, result and result deliveries")
 def get_job(job_id: str, request: Request, _who: Any = Depends(require(*READ))) -> dict[str, Any]:
+    rt = runtime(request)
     try:
-        return job_view(runtime(request).queue.get(job_id))
+        return job_with_deliveries(rt, rt.queue.get(job_id))
     except JobNotFoundError as exc:
         raise NotFoundError(str(exc)) from None
 
