@@ -19,6 +19,7 @@ from lesionlens.cli import (
     inspect_cmd,
     model_cmd,
     pacs_cmd,
+    registry_cmd,
     serve_cmd,
 )
 
@@ -44,7 +45,8 @@ def _root(
     """LesionLens command line."""
 
 
-for _module in (inspect_cmd, convert_cmd, detect_cmd, data_cmd, model_cmd, demo_cmd, serve_cmd, pacs_cmd):
+for _module in (inspect_cmd, convert_cmd, detect_cmd, data_cmd, model_cmd, demo_cmd, serve_cmd, pacs_cmd,
+                registry_cmd):
     _module.register(app)
 
 

@@ -138,13 +138,14 @@ def _check_files(folder: Path, manifest: dict[str, Any]) -> None:
     for rel, entry in sorted(listed.items()):
         p = folder / rel
         if rel not in present:
-            raise ModelVerificationError("file listed in the manifest is missing", path=p, code="missing-file")
+            raise ModelVerificationError(f"{rel}: file listed in the manifest is missing", path=p,
+                                         code="missing-file")
         if not isinstance(entry, dict) or sha256_file(p) != entry.get("sha256"):
-            raise ModelVerificationError("SHA-256 differs from the signed manifest (file altered)", path=p,
+            raise ModelVerificationError(f"{rel}: SHA-256 differs from the signed manifest (file altered)", path=p,
                                          code="tampered")
     extra = sorted(present - set(listed))
     if extra:
-        raise ModelVerificationError("file not listed in the signed manifest", path=folder / extra[0],
+        raise ModelVerificationError(f"{extra[0]}: file not listed in the signed manifest", path=folder / extra[0],
                                      code="unexpected-file")
 
 
