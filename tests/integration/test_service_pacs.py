@@ -212,6 +212,17 @@ def test_pull_with_c_get_and_with_dicomweb(pacs: OrthancServer, study: Study, tm
     assert r.returncode == 0, r.stdout + r.stderr
     assert {p.name for p in (tmp_path / "web").glob("*.dcm")} == {"sr.dcm", "seg.dcm", "gsps.dcm"}
     assert len(pacs.stores()) == before + 3 and len(results_in(pacs, study.study_uid)["SR"]) == 1
+    # C-MOVE to a listener the command starts for the call (the PACS knows our AE → host:port)
+    from integration.orthanc import free_port
+
+    port = free_port()
+    pacs.add_modality("LLPULL", "LLPULL", "127.0.0.1", port)
+    r = _pacs_process(study.study_uid, "--from", pacs.peer, "--method", "move", "--ae-title", "LLPULL",
+                      "--move-port", str(port), "--no-store", "--out", str(tmp_path / "move"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the study in the PACS now holds our 3 result objects too: C-MOVE brings all 35
+    assert f"{len(study.files) + 3} instances" in r.stdout and len(pacs.stores()) == before + 3
+    assert len(list((tmp_path / "move" / "work" / "received").rglob("*.dcm"))) == len(study.files) + 3
     # a study the PACS does not have: one clear line, exit 2
     r = _pacs_process("1.2.3.4.5.6.7", "--from", pacs.peer, "--out", str(tmp_path / "none"))
     assert r.returncode == 2 and "1.2.3.4.5.6.7 is not in" in r.stderr and "Traceback" not in r.stderr

@@ -56,19 +56,19 @@ def ct_png() -> bytes:
 
 # every non-health route with a minimal request
 ROUTES = [
-    ("post", "/v1/predict"), ("post", "/predict"), ("post", "/v1/studies"), ("get", "/v1/jobs"), ("get", "/v1/jobs/x"),
+    ("post", "/v1/predict"), ("post", "/predict"), ("post", "/v1/studies"), ("post", "/dicom-web/studies"), ("get", "/v1/jobs"), ("get", "/v1/jobs/x"),
     ("get", "/v1/studies/1.2.3/findings"), ("get", "/v1/studies/1.2.3/report.html"),
     ("get", "/v1/studies/1.2.3/report.pdf"), ("get", "/v1/studies/1.2.3/sr"), ("get", "/v1/models"),
     ("post", "/v1/models"), ("post", "/v1/models/m/1/activate"), ("post", "/v1/models/m/rollback"),
     ("get", "/metrics"),
 ]
-WRITE_ROUTES = {"/v1/predict", "/predict", "/v1/studies"}
+WRITE_ROUTES = {"/v1/predict", "/predict", "/v1/studies", "/dicom-web/studies"}
 ADMIN_ROUTES = {"/v1/models/m/1/activate", "/v1/models/m/rollback"}
 
 
 def test_every_route_is_listed(service: dict) -> None:
     app = service["client"].app
-    paths = set(app.openapi()["paths"]) | {"/predict"}
+    paths = set(app.openapi()["paths"]) | {"/predict", "/dicom-web/studies"}
     listed = {p.replace("/jobs/x", "/jobs/{job_id}").replace("1.2.3", "{study_uid}").replace("/m/1/", "/{name}/{version}/")
               .replace("/m/", "/{name}/") for _, p in ROUTES} | {"/healthz", "/readyz"}
     assert paths == listed
@@ -158,6 +158,34 @@ def test_studies_upload_queues_a_job(service: dict, tmp_path: Path) -> None:
     assert c.get("/v1/jobs/nope", headers=_h(service, "viewer")).status_code == 404
     uid = r.json()["jobs"][0]["study_uid"]
     assert c.get(f"/v1/studies/{uid}/findings", headers=_h(service, "viewer")).status_code == 404
+
+
+def test_stow_rs_upload_answers_like_a_stow_rs_server(service: dict, tmp_path: Path) -> None:
+    from lesionlens.synth.ct import CTPhantomConfig, generate_ct, write_ct_study
+
+    ph = generate_ct(11, CTPhantomConfig(matrix=(64, 64), n_slices=3, max_vessel_segments=200))
+    files = sorted(write_ct_study(ph, tmp_path / "st").glob("CT_*.dcm"))
+    boundary = "b0undary-xyz"
+    parts = [f.read_bytes() for f in files] + [b"not a DICOM file at all"]
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
+                    for p in parts) + f"--{boundary}--\r\n".encode()
+    headers = {**_h(service, "service"),
+               "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+    for path in ("/dicom-web/studies", "/v1/studies"):
+        r = service["client"].post(path, headers=headers, content=body)
+        assert r.status_code == 202, r.text  # 202: stored, but one part failed
+        doc = r.json()
+        stored = {item["00081155"]["Value"][0] for item in doc["00081199"]["Value"]}
+        from lesionlens.dicom.io import read_dataset
+
+        assert stored == {read_dataset(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+        assert [x["00081197"]["Value"][0] for x in doc["00081198"]["Value"]] == [0xC000]
+        jobs = r.headers["x-lesionlens-jobs"].split(",")
+        assert service["client"].get(f"/v1/jobs/{jobs[0]}", headers=_h(service, "viewer")).json()["study_uid"] \
+            == ph.uids["study"]
+    bad = service["client"].post("/v1/studies", headers={**headers, "Content-Type": "multipart/related"},
+                                 content=body)
+    assert bad.status_code == 422 and "boundary" in bad.json()["detail"]
 
 
 def test_models_listing(service: dict) -> None:

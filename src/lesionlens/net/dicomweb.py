@@ -241,11 +241,16 @@ def qido_studies(url: str, *, options: WebOptions = DEFAULT_WEB_OPTIONS, **query
 # WADO-RS
 
 
-def _boundary(content_type: str) -> str:
+def _boundary(content_type: str, what: str = "WADO-RS response") -> str:
     m = re.search(r'boundary="?([^";,]+)"?', content_type, re.IGNORECASE)
     if not content_type.lower().startswith("multipart/related") or not m:
-        raise DicomWebError(f"WADO-RS response is not multipart/related with a boundary: {content_type!r}")
+        raise DicomWebError(f"{what} is not multipart/related with a boundary: {content_type!r}")
     return m.group(1)
+
+
+def multipart_boundary(content_type: str, what: str = "request body") -> str:
+    """The boundary of a ``multipart/related`` Content-Type; :class:`DicomWebError` otherwise."""
+    return _boundary(content_type, what)
 
 
 def iter_multipart(chunks: Iterable[bytes], boundary: str) -> Iterator[tuple[dict[str, str], bytes]]:
@@ -371,6 +376,7 @@ __all__ = [
     "StowResult",
     "WebOptions",
     "iter_multipart",
+    "multipart_boundary",
     "qido_studies",
     "stow",
     "wado_study",

@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from lesionlens.errors import LesionLensError
@@ -53,11 +53,12 @@ def _blobs(name: str, data: bytes, limit: int) -> list[tuple[str, bytes]]:
 
 
 def ingest(rt: Runtime, uploads: list[tuple[str, bytes]], source: str) -> dict[str, Any]:
-    """Store every DICOM instance, then one job per study → {jobs, stored, skipped}."""
+    """Store every DICOM instance, then one job per study → {jobs, stored, skipped, instances}."""
     if rt.queue.queue_full():
         raise QueueFullError("the job queue is full; retry later")
     by_study: dict[str, int] = defaultdict(int)
     skipped: list[dict[str, str]] = []
+    instances: list[dict[str, str]] = []
     for name, data in uploads:
         for member, blob in _blobs(name, data, rt.settings.max_upload_bytes):
             try:
@@ -66,6 +67,7 @@ def ingest(rt: Runtime, uploads: list[tuple[str, bytes]], source: str) -> dict[s
                 skipped.append({"file": member, "reason": exc.reason})
                 continue
             by_study[inst.study_uid] += 1
+            instances.append({"sop_class_uid": inst.sop_class_uid, "sop_instance_uid": inst.sop_instance_uid})
     if not by_study:
         raise BadUploadError("no DICOM instance could be stored: " +
                              "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]))
@@ -75,7 +77,43 @@ def ingest(rt: Runtime, uploads: list[tuple[str, bytes]], source: str) -> dict[s
         jid = rt.queue.submit(study_uid, rt.store.study_dir(study_uid), source="upload", sop_uids=sops,
                               meta={"submitted_by": source})
         jobs.append({"job_id": jid, "study_uid": study_uid, "instances": len(sops)})
-    return {"job_id": jobs[0]["job_id"], "jobs": jobs, "stored": sum(by_study.values()), "skipped": skipped}
+    return {"job_id": jobs[0]["job_id"], "jobs": jobs, "stored": sum(by_study.values()), "skipped": skipped,
+            "instances": instances}
+
+
+def stow_response(body: dict[str, Any]) -> dict[str, Any]:
+    """A STOW-RS response (DICOM JSON, PS3.18 §10.5.3): ReferencedSOPSequence for what was stored,
+    FailedSOPSequence (reason 0xC000, "cannot understand") for each part that was not."""
+    def ui(v: str) -> dict[str, Any]:
+        return {"vr": "UI", "Value": [v]}
+
+    doc: dict[str, Any] = {"00081199": {"vr": "SQ", "Value": [
+        {"00081150": ui(i["sop_class_uid"]), "00081155": ui(i["sop_instance_uid"])} for i in body["instances"]]}}
+    if body["skipped"]:
+        doc["00081198"] = {"vr": "SQ", "Value": [{"00081197": {"vr": "US", "Value": [0xC000]}}
+                                                 for _ in body["skipped"]]}
+    return doc
+
+
+async def _stow_parts(request: Request, limit: int) -> list[tuple[str, bytes]]:
+    """The parts of a STOW-RS request body (multipart/related; type="application/dicom"), bounded."""
+    from lesionlens.net.dicomweb import iter_multipart, multipart_boundary
+    from lesionlens.net.errors import DicomWebError
+    from lesionlens.service.routes.common import UploadTooLargeError
+
+    try:
+        boundary = multipart_boundary(request.headers.get("content-type", ""), "the STOW-RS request")
+    except DicomWebError as exc:
+        raise BadUploadError(str(exc)) from None
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise UploadTooLargeError(f"the STOW-RS request is larger than {limit // (1024 * 1024)} MB")
+    try:
+        return [(f"part-{n}", data) for n, (_h, data) in enumerate(iter_multipart([bytes(body)], boundary), 1)]
+    except DicomWebError as exc:
+        raise BadUploadError(f"malformed STOW-RS body: {exc}") from None
 
 
 def finished_output(rt: Runtime, study_uid: str) -> Path:
@@ -98,19 +136,44 @@ def study_file(rt: Runtime, study_uid: str, name: str) -> Path:
     return matches[0]
 
 
-@router.post("/v1/studies", status_code=202, summary="Upload DICOM files or a zip; queue a job per study")
-async def submit_study(request: Request, files: list[UploadFile] = File(...),
-                       who: Any = Depends(require(*SUBMIT))) -> JSONResponse:
-    rt = runtime(request)
-    uploads = []
-    budget = rt.settings.max_upload_bytes
-    for f in files:
-        data = await read_bounded(f, budget)
-        budget -= len(data)
-        uploads.append((f.filename or "upload", data))
+_UPLOAD_DOC: dict[str, Any] = {"requestBody": {"content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "description": "DICOM files and/or zips of DICOM files"}}}},
+    "multipart/related": {"schema": {"type": "string", "format": "binary"},
+                          "description": 'STOW-RS: type="application/dicom" parts'}}, "required": True}}
+
+
+@router.post("/v1/studies", status_code=202, openapi_extra=_UPLOAD_DOC,
+             summary="Upload DICOM files or a zip (form), or STOW-RS (multipart/related); queue a job per study")
+@router.post("/dicom-web/studies", include_in_schema=False)
+async def submit_study(request: Request, who: Any = Depends(require(*SUBMIT))) -> JSONResponse:
     from starlette.concurrency import run_in_threadpool
 
+    rt = runtime(request)
+    budget = rt.settings.max_upload_bytes
+    stow = request.headers.get("content-type", "").lower().startswith("multipart/related")
+    if stow:
+        uploads = await _stow_parts(request, budget)
+    else:
+        try:
+            form = await request.form(max_files=MAX_ZIP_MEMBERS, max_fields=100)
+        except Exception as exc:  # starlette's parser errors: not a readable multipart form
+            raise BadUploadError(f"expected multipart/form-data with 'files' or a STOW-RS body: {exc}") from None
+        files = [f for f in form.getlist("files") if not isinstance(f, str)]
+        if not files:
+            raise BadUploadError("no 'files' in the upload (multipart/form-data field 'files')")
+        uploads = []
+        for f in files:
+            data = await read_bounded(f, budget)  # type: ignore[arg-type]
+            budget -= len(data)
+            uploads.append((f.filename or "upload", data))
     body = await run_in_threadpool(ingest, rt, uploads, who.name)
+    if stow:
+        status = 200 if not body["skipped"] else 202
+        return JSONResponse(stow_response(body), status_code=status, media_type="application/dicom+json",
+                            headers={"X-LesionLens-Jobs": ",".join(j["job_id"] for j in body["jobs"])})
+    body.pop("instances")
     return JSONResponse(body, status_code=202)
 
 
