@@ -12,11 +12,14 @@ import typer
 
 from lesionlens import __version__
 from lesionlens.cli import (
+    audit_cmd,
     convert_cmd,
     data_cmd,
+    deid_cmd,
     demo_cmd,
     detect_cmd,
     inspect_cmd,
+    keys_cmd,
     model_cmd,
     pacs_cmd,
     registry_cmd,
@@ -46,7 +49,7 @@ def _root(
 
 
 for _module in (inspect_cmd, convert_cmd, detect_cmd, data_cmd, model_cmd, demo_cmd, serve_cmd, pacs_cmd,
-                registry_cmd):
+                registry_cmd, deid_cmd, keys_cmd, audit_cmd):
     _module.register(app)
 
 

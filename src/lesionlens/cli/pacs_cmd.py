@@ -105,9 +105,10 @@ def _process(
             raise ConfigError(f"--method must be get or move, got {method!r}")
         deid_cfg = None
         if deid:
-            from lesionlens.privacy.deid import DeidConfig
+            from lesionlens.privacy.deid_options import DeidConfig
+            from lesionlens.privacy.uidmap import resolve_key
 
-            deid_cfg = DeidConfig.from_cli(options=list(deid_option or []), key_file=key_file)
+            deid_cfg = DeidConfig.build(resolve_key(key_file), list(deid_option or []))
         elif deid_option or key_file:
             raise ConfigError("--deid-option and --key-file only apply with --deid")
         store_back: list[str] | None = [] if no_store else (list(store_to) if store_to else None)
@@ -117,12 +118,12 @@ def _process(
         report = process_from_pacs(req)
         (out / "pull-report.json").write_text(json.dumps(report.to_dict(), indent=2))
         console.print(f"study {report.study_uid}: {report.retrieved} instances from {report.source}, "
-                      f"{report.lesions} lesion(s), status {report.status}", highlight=False)
+                      f"{report.lesions} lesion(s), status {report.status}", highlight=False, soft_wrap=True)
         for dest, ok in report.delivered.items():
             line = f"results → {dest}: " + ("delivered" if ok else f"NOT delivered ({report.errors.get(dest, '')})")
-            (console if ok else err_console).print(line, highlight=False)
-        console.print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()), highlight=False)
-        console.print(f"outputs: {out}", highlight=False)
+            (console if ok else err_console).print(line, highlight=False, soft_wrap=True)
+        console.print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()), highlight=False, soft_wrap=True)
+        console.print(f"outputs: {out}", highlight=False, soft_wrap=True)
         if not report.ok:
             raise typer.Exit(1)
 

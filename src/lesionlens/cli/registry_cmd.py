@@ -31,7 +31,7 @@ def _keygen(
         from lesionlens.service.signing import generate_keypair, key_fingerprint
 
         _, pub = generate_keypair(private, public)
-        console.print(f"public key {pub} (fingerprint {key_fingerprint(pub)})", highlight=False)
+        console.print(f"public key {pub} (fingerprint {key_fingerprint(pub)})", highlight=False, soft_wrap=True)
 
 
 @registry_app.command("sign")
@@ -47,7 +47,7 @@ def _sign(
 
         manifest, _ = sign_package(package, key, name=name, version=version)
         console.print(f"signed {manifest['name']} {manifest['version']}: {len(manifest['files'])} files",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
 
 @registry_app.command("verify")
@@ -67,7 +67,7 @@ def _verify(
             import shutil
 
             shutil.rmtree(scratch, ignore_errors=True)
-        console.print(f"OK: {mv.name} {mv.version} signed by a trusted key; every file matches", highlight=False)
+        console.print(f"OK: {mv.name} {mv.version} signed by a trusted key; every file matches", highlight=False, soft_wrap=True)
 
 
 def zip_package(package: Path) -> bytes:
@@ -108,7 +108,7 @@ def _push(
             raise ModelError(f"the service refused the package (HTTP {r.status_code}): {detail}", path=package)
         doc = r.json()
         console.print(f"uploaded {doc['name']} {doc['version']}" + (" and activated" if doc.get("active") else ""),
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -180,11 +180,11 @@ def process_from_pacs(req: PullRequest, *, sender: Sender | None = None,
         raise StudyNotFoundError(f"{req.source} returned no instances for study {req.study_uid}")
     inputs = received
     if req.deid is not None:
-        from lesionlens.privacy.deid import deidentify_path
+        from lesionlens.privacy.deid_files import deidentify_path
 
         deid_dir = work / "deidentified"
         dreport = deidentify_path(received, deid_dir, req.deid)
-        report.deid = dreport.to_dict() if hasattr(dreport, "to_dict") else dict(vars(dreport))
+        report.deid = dreport.to_json()["counts"]
         inputs = deid_dir
         lap("deid")
     if detector is None:
