@@ -64,6 +64,25 @@ def load_serving_model(version: ModelVersion, threads: int | None = None) -> Ser
     return ServingModel(pred, ident)
 
 
+def load_keyring(settings: Settings) -> Any:
+    """The data key ring (encryption at rest) from ``data_key`` / ``data_keys_old``, or None."""
+    if not settings.data_key:
+        return None
+    from lesionlens.privacy.keys import KeyRing
+
+    return KeyRing.from_specs(settings.data_key, settings.data_keys_old)
+
+
+def open_audit_log(settings: Settings, data_dir: Path) -> Any:
+    """The service's append-only audit trail (always on; keyed when ``audit_key_file`` is set)."""
+    from lesionlens.privacy.audit import AuditLog
+    from lesionlens.privacy.keys import load_key_material
+
+    path = settings.audit_log or data_dir / "audit" / "audit.jsonl"
+    key = load_key_material(settings.audit_key_file) if settings.audit_key_file else None
+    return AuditLog(path, key=key, source_id=f"LESIONLENS:{settings.ae_title}")
+
+
 class Runtime:
     """The service's components. ``start_model=False`` skips loading the serving model (tests
     that do not predict). Nothing runs in the background until :meth:`start`."""
@@ -88,6 +107,8 @@ class Runtime:
 
         self.store = InstanceStore(data / "incoming")
         self.registry = ModelRegistry(data / "registry", settings.trusted_keys)
+        self.keyring = load_keyring(settings)
+        self.audit = open_audit_log(settings, data)
         self.metrics = Metrics(queue_stats=self._queue_stats)
         threads = settings.predict_threads
         self.active: ActiveModel[ServingModel] = ActiveModel(lambda v: load_serving_model(v, threads))

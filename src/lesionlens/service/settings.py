@@ -51,6 +51,10 @@ class Settings(BaseModel):
     max_queued: int = Field(1000, ge=1)
     tokens: Path | None = None
     insecure_no_auth: bool = False
+    data_key: str | None = Field(None, description="encryption at rest: key spec file:PATH | env[:VAR] | hook:MOD:FN")
+    data_keys_old: list[str] = Field(default_factory=list, description="older key specs (decryption during rotation)")
+    audit_log: Path | None = Field(None, description="audit trail file (default DATA_DIR/audit/audit.jsonl)")
+    audit_key_file: Path | None = Field(None, description="HMAC key of the audit chain (recommended)")
     tls_cert: Path | None = None
     tls_key: Path | None = None
     predict_threads: int | None = Field(None, ge=1)
