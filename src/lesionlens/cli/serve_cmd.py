@@ -27,6 +27,12 @@ def _serve(
     workers: int | None = typer.Option(None, "--workers"),
     model: str | None = typer.Option(None, "--model"),
     tokens: Path | None = typer.Option(None, "--tokens", help="tokens file (lesionlens token create)"),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate: serve HTTPS"),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert"),
+    predict_threads: int | None = typer.Option(None, "--predict-threads", help="inference threads of /v1/predict"),
+    data_key: str | None = typer.Option(None, "--data-key",
+                                        help="encrypt stored data: key spec file:PATH | env[:VAR] | hook:MOD:FN"),
+    audit_key_file: Path | None = typer.Option(None, "--audit-key-file", help="HMAC key of the audit chain"),
     insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
                                           help="serve WITHOUT authentication (local tests only)"),
 ) -> None:
@@ -40,6 +46,8 @@ def _serve(
                                  "dicom_port": dicom_port, "ae_title": ae_title, "send_to": send_to,
                                  "allow_ae": allow_ae, "stow_url": stow_url, "stable_seconds": stable_seconds,
                                  "workers": workers, "model": model, "tokens": tokens,
+                                 "tls_cert": tls_cert, "tls_key": tls_key, "predict_threads": predict_threads,
+                                 "data_key": data_key, "audit_key_file": audit_key_file,
                                  "insecure_no_auth": True if insecure_no_auth else None}
         settings = load_settings(config, flags=flags)
         if settings.insecure_no_auth and settings.tokens is None:

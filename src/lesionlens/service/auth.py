@@ -169,7 +169,15 @@ def require(*roles: str) -> Callable[..., Principal]:
 
     def dependency(request: Request) -> Principal:
         auth: Authenticator = request.app.state.authenticator
-        who = auth.authenticate(request.headers.get("authorization"))
+        audit = getattr(getattr(request.app.state, "runtime", None), "audit", None)
+        try:
+            who = auth.authenticate(request.headers.get("authorization"))
+        except AuthError as exc:
+            if audit is not None:  # recorded before the 401 goes out
+                audit.login_failed(request, exc.reason)
+            raise
+        if audit is not None and who is not ANONYMOUS_ADMIN:
+            audit.login_ok(request, who.name)
         if who.role not in roles:
             raise ForbiddenError(f"role {who.role!r} may not do this (needs one of: {', '.join(roles)})")
         request.state.principal = who

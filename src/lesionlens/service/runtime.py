@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lesionlens.errors import ConfigError
+from lesionlens.errors import ConfigError, LesionLensError
 from lesionlens.service.auth import Authenticator, TokenStore
 from lesionlens.service.jobs import JobQueue, QueueConfig
 from lesionlens.service.metrics import Metrics
@@ -105,10 +105,12 @@ class Runtime:
             max_backoff_seconds=settings.delivery_max_backoff_seconds))
         from lesionlens.net.storage import InstanceStore
 
-        self.store = InstanceStore(data / "incoming")
+        self.store = InstanceStore(data / "incoming", keyring=load_keyring(settings))  # self.keyring: set below
         self.registry = ModelRegistry(data / "registry", settings.trusted_keys)
         self.keyring = load_keyring(settings)
-        self.audit = open_audit_log(settings, data)
+        from lesionlens.service.auditing import ServiceAudit
+
+        self.audit = ServiceAudit(open_audit_log(settings, data))
         self.metrics = Metrics(queue_stats=self._queue_stats)
         threads = settings.predict_threads
         self.active: ActiveModel[ServingModel] = ActiveModel(lambda v: load_serving_model(v, threads))
@@ -165,7 +167,13 @@ class Runtime:
     def _sender(self) -> Any:
         from lesionlens.service.pull import default_sender
 
-        return default_sender(self.settings.ae_title)
+        send = default_sender(self.settings.ae_title)
+        if self.keyring is None:
+            return send
+        from lesionlens.service.atrest import decrypting_sender
+
+        # results are encrypted at rest: each batch is sent from plaintext copies in RAM
+        return decrypting_sender(send, self.keyring, fallback_root=self.tmp_dir)
 
     def start(self) -> None:
         """Workers, outbox thread, DICOM listener (in that order). Raises on a bind failure.
@@ -173,6 +181,7 @@ class Runtime:
         Jobs left ``running`` by workers of a previous run that died (kill -9, power loss) are
         re-queued first, so a restarted service does not wait for their leases to run out."""
         s = self.settings
+        self.audit.started(s)
         from lesionlens.service.worker import worker_alive
 
         orphans = self.queue.release_dead_workers(worker_alive)
@@ -181,12 +190,14 @@ class Runtime:
         if s.workers > 0:
             from lesionlens.service.worker import WorkerConfig, start_workers
 
-            cfg = WorkerConfig(out_root=self.out_root, destinations=self.destinations)
+            cfg = WorkerConfig(out_root=self.out_root, destinations=self.destinations, data_key=s.data_key,
+                               data_keys_old=tuple(s.data_keys_old))
             self._pool = start_workers(s.workers, self.queue, self.outbox, self._detector_factory(), cfg)
         if self.destinations:
             from lesionlens.service.outbox import run_outbox
 
-            self._outbox_thread = threading.Thread(target=run_outbox, args=(self.outbox, self._sender(), self._stop),
+            self._outbox_thread = threading.Thread(target=run_outbox,
+                                                   args=(self.outbox, self._audited(self._sender()), self._stop),
                                                    name="outbox", daemon=True)
             self._outbox_thread.start()
         if s.dicom_port >= 0:
@@ -202,12 +213,43 @@ class Runtime:
                 self.stop()
                 raise
 
+    def _audited(self, send: Any) -> Any:
+        """The sender, recording an export audit event per study and destination it sends to."""
+
+        def study_of(path: Path) -> str:
+            try:
+                return self.queue.get(path.relative_to(self.out_root).parts[0]).study_uid
+            except (ValueError, IndexError, LesionLensError):
+                return "unknown"
+
+        def wrapped(destination: str, files: list[Path]) -> Any:
+            by_study: dict[str, list[Path]] = {}
+            for f in files:
+                by_study.setdefault(study_of(Path(f)), []).append(Path(f))
+            try:
+                outcome = send(destination, files)
+            except Exception:
+                for uid, fs in by_study.items():
+                    self.audit.exported(uid, destination, False, len(fs))
+                raise
+            for uid, fs in by_study.items():
+                self.audit.exported(uid, destination, all(outcome.get(f) is True for f in fs), len(fs))
+            return outcome
+
+        return wrapped
+
     def _on_stored(self, inst: Any) -> None:
+        self.audit.received(inst.study_uid, inst.source)  # recorded before the C-STORE is acknowledged
         self.queue.touch_study(inst.study_uid, inst.sop_instance_uid, inst.path, source="dicom",
                                meta={"source": inst.source})
 
     def stop(self) -> None:
         """Listener, outbox, workers — each stopped once; safe to call twice."""
+        if not self._stop.is_set():
+            try:
+                self.audit.stopped()
+            except LesionLensError:
+                log.exception("could not record the application stop in the audit trail")
         if self.listener is not None:
             self.listener.stop()
             self.listener = None

@@ -94,6 +94,10 @@ class Settings(BaseModel):
     def check_tls(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key must be given together")
+        for name in ("tls_cert", "tls_key", "audit_key_file", "tokens"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file() and name != "tokens":
+                raise ConfigError(f"setting {name!r}: file not found: {path}")
 
 
 LIST_FIELDS = {n for n, f in Settings.model_fields.items() if "list" in str(f.annotation)}

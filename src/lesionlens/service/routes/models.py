@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from lesionlens.errors import ModelError
+from lesionlens.errors import LesionLensError, ModelError
 from lesionlens.service.auth import MODEL_ADMIN, READ, require
 from lesionlens.service.routes.common import BadUploadError, NotFoundError, read_bounded, runtime
 from lesionlens.service.runtime import Runtime
@@ -90,15 +90,40 @@ async def upload_model(request: Request, package: UploadFile = File(...), activa
 
     rt = runtime(request)
     data = await read_bounded(package, rt.settings.max_upload_bytes)
-    return JSONResponse(await run_in_threadpool(add_package, rt, data, activate), status_code=201)
+    old = _serving_version(rt)
+    try:
+        body = await run_in_threadpool(add_package, rt, data, activate)
+    except LesionLensError as exc:  # a refused package is an attempted change: recorded too
+        rt.audit.model_changed(request, _who.name, package.filename or "upload", old, f"refused: {exc.reason}",
+                               ok=False)
+        raise
+    rt.audit.model_changed(request, _who.name, body["name"], old,
+                           f"{body['version']} (uploaded" + (", activated)" if activate else ")"))
+    return JSONResponse(body, status_code=201)
+
+
+def _serving_version(rt: Runtime) -> str | None:
+    cur = rt.active.current
+    if cur is None:
+        return None
+    ident = cur.model.identity
+    return str(ident.get("registry_version") or ident.get("version") or "")
 
 
 @router.post("/v1/models/{name}/{version}/activate", summary="Activate a version (hot swap)")
 def activate(name: str, version: str, request: Request,
              _who: Any = Depends(require(*MODEL_ADMIN))) -> dict[str, Any]:
-    return activate_version(runtime(request), name, version)
+    rt = runtime(request)
+    old = _serving_version(rt)
+    body = activate_version(rt, name, version)
+    rt.audit.model_changed(request, _who.name, name, old, f"{version} (activated)")
+    return body
 
 
 @router.post("/v1/models/{name}/rollback", summary="Re-activate the previous version (hot swap)")
 def do_rollback(name: str, request: Request, _who: Any = Depends(require(*MODEL_ADMIN))) -> dict[str, Any]:
-    return rollback(runtime(request), name)
+    rt = runtime(request)
+    old = _serving_version(rt)
+    body = rollback(rt, name)
+    rt.audit.model_changed(request, _who.name, name, old, f"{body['version']} (rolled back)")
+    return body

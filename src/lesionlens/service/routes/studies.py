@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from lesionlens.errors import LesionLensError
 from lesionlens.service.auth import READ, SUBMIT, require
@@ -169,6 +169,7 @@ async def submit_study(request: Request, who: Any = Depends(require(*SUBMIT))) -
             budget -= len(data)
             uploads.append((f.filename or "upload", data))
     body = await run_in_threadpool(ingest, rt, uploads, who.name)
+    await run_in_threadpool(rt.audit.uploaded, request, who.name, [j["study_uid"] for j in body["jobs"]])
     if stow:
         status = 200 if not body["skipped"] else 202
         return JSONResponse(stow_response(body), status_code=status, media_type="application/dicom+json",
@@ -207,21 +208,32 @@ def get_job(job_id: str, request: Request, _who: Any = Depends(require(*READ))) 
         raise NotFoundError(str(exc)) from None
 
 
+def serve_study_file(request: Request, who: Any, study_uid: str, name: str, what: str,
+                     media_type: str) -> Response:
+    """A finished study's output, decrypted when stored encrypted; the access is audited first."""
+    from lesionlens.service.atrest import read_result
+
+    rt = runtime(request)
+    path = study_file(rt, study_uid, name)
+    rt.audit.accessed(request, who.name, study_uid, what)
+    return Response(read_result(rt.keyring, path), media_type=media_type)
+
+
 @router.get("/v1/studies/{study_uid}/findings", summary="findings.json of the study's finished job")
-def get_findings(study_uid: str, request: Request, _who: Any = Depends(require(*READ))) -> FileResponse:
-    return FileResponse(study_file(runtime(request), study_uid, "findings.json"), media_type="application/json")
+def get_findings(study_uid: str, request: Request, who: Any = Depends(require(*READ))) -> Response:
+    return serve_study_file(request, who, study_uid, "findings.json", "findings.json", "application/json")
 
 
 @router.get("/v1/studies/{study_uid}/report.html", summary="HTML report")
-def get_report_html(study_uid: str, request: Request, _who: Any = Depends(require(*READ))) -> FileResponse:
-    return FileResponse(study_file(runtime(request), study_uid, "report.html"), media_type="text/html")
+def get_report_html(study_uid: str, request: Request, who: Any = Depends(require(*READ))) -> Response:
+    return serve_study_file(request, who, study_uid, "report.html", "report.html", "text/html")
 
 
 @router.get("/v1/studies/{study_uid}/report.pdf", summary="PDF report")
-def get_report_pdf(study_uid: str, request: Request, _who: Any = Depends(require(*READ))) -> FileResponse:
-    return FileResponse(study_file(runtime(request), study_uid, "report.pdf"), media_type="application/pdf")
+def get_report_pdf(study_uid: str, request: Request, who: Any = Depends(require(*READ))) -> Response:
+    return serve_study_file(request, who, study_uid, "report.pdf", "report.pdf", "application/pdf")
 
 
 @router.get("/v1/studies/{study_uid}/sr", summary="DICOM SR of the findings")
-def get_sr(study_uid: str, request: Request, _who: Any = Depends(require(*READ))) -> FileResponse:
-    return FileResponse(study_file(runtime(request), study_uid, "sr*.dcm"), media_type="application/dicom")
+def get_sr(study_uid: str, request: Request, who: Any = Depends(require(*READ))) -> Response:
+    return serve_study_file(request, who, study_uid, "sr*.dcm", "DICOM SR", "application/dicom")
