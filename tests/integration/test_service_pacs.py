@@ -177,7 +177,7 @@ def test_kill_9_mid_study_then_restart_completes(pacs: OrthancServer, study: Stu
     svc.kill9()  # the service and its worker, mid-transfer
     log, _ = proc.communicate(timeout=60)
     acked = _acknowledged(log, study.files)
-    assert 10 <= len(acked) < len(study.files), log[-2000:]
+    assert 5 <= len(acked) < len(study.files), log[-2000:]  # some acknowledged, not all
     stored = {read_dataset(p, stop_before_pixels=True).SOPInstanceUID for p in incoming.rglob("*.dcm")}
     for f in acked:  # every acknowledged instance survived the kill, complete
         uid = read_dataset(f, stop_before_pixels=True).SOPInstanceUID

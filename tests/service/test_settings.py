@@ -62,3 +62,23 @@ def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.yaml", env={})
     assert isinstance(Settings(), Settings)
+
+
+def test_data_key_env_holds_a_spec_or_the_key_itself() -> None:
+    import base64
+
+    from lesionlens.service.settings import load_settings
+
+    key = base64.b64encode(b"\x01" * 32).decode()
+    assert load_settings(env={"LESIONLENS_DATA_KEY": key}).data_key == "env"  # the key itself: read it from env
+    assert load_settings(env={"LESIONLENS_DATA_KEY": "file:/etc/k"}).data_key == "file:/etc/k"
+
+
+def test_a_bad_key_spec_never_echoes_its_text() -> None:
+    import pytest
+
+    from lesionlens.privacy.keys import KeySourceError, resolve_spec
+
+    with pytest.raises(KeySourceError) as err:
+        resolve_spec("c2VjcmV0LWtleS1tYXRlcmlhbA==")
+    assert "c2VjcmV0" not in str(err.value)

@@ -9,6 +9,11 @@ for it) is ``fsync``'ed. Re-receiving the same SOP instance replaces the earlier
 
 Received data is written with its file meta information and in the transfer syntax it arrived
 in (the pixel data is never decoded or re-encoded).
+
+Encryption at rest: given a ``keyring`` (:class:`lesionlens.privacy.keys.KeyRing`), every file is
+written AES-GCM encrypted with the ring's active key (``LLENC1``, no name binding, so a file
+decrypts wherever it is moved to); plaintext is only ever in memory here. Whoever reads the store
+decrypts (:mod:`lesionlens.service.atrest`); nothing in this module reads stored files back.
 """
 
 from __future__ import annotations
@@ -21,14 +26,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
 from lesionlens.dicom.io import DEFAULT_LIMITS, ReadLimits, parse_bytes
-from lesionlens.dicom.write import save_dataset
+from lesionlens.dicom.write import ensure_file_meta, save_dataset
 from lesionlens.errors import LesionLensError
 from lesionlens.net.errors import InvalidInstanceError, InvalidUIDError, StorageError
 
@@ -103,12 +110,16 @@ class InstanceStore:
     the same instance leave one complete copy (each writes its own temporary file and the rename
     is atomic). ``fsync=False`` skips the fsyncs (only for throw-away stores, e.g. benchmarks of
     the rest of the path). ``limits`` bounds parsing of received bytes (deflate bombs etc.).
+    ``keyring`` (a :class:`~lesionlens.privacy.keys.KeyRing`, optional): encrypt every file
+    written (see the module notes); ``StoredInstance.size`` is then the encrypted size.
     """
 
-    def __init__(self, root: str | Path, *, fsync: bool = True, limits: ReadLimits = DEFAULT_LIMITS):
+    def __init__(self, root: str | Path, *, fsync: bool = True, limits: ReadLimits = DEFAULT_LIMITS,
+                 keyring: Any = None):
         self._root = Path(root).absolute()
         self._fsync = fsync
         self._limits = limits
+        self._keyring = keyring
         try:
             self._root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -117,6 +128,11 @@ class InstanceStore:
     @property
     def root(self) -> Path:
         return self._root
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether files are written encrypted (a key ring was given)."""
+        return self._keyring is not None
 
     def __repr__(self) -> str:
         return f"InstanceStore({str(self._root)!r})"
@@ -196,6 +212,14 @@ class InstanceStore:
             ds.file_meta = meta
         fmeta = getattr(ds, "file_meta", None) or FileMetaDataset()
         uids = self._uids(ds, fmeta)
+        if self._keyring is not None:  # encode in memory: no plaintext file, not even a temporary one
+            ensure_file_meta(ds)
+            buf = DicomBytesIO()
+            try:
+                pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+            except Exception as exc:  # pydicom raises many types for unencodable data
+                raise InvalidInstanceError(f"cannot encode the dataset: {exc}", code="bad-dataset") from exc
+            return self._write_bytes(buf.getvalue(), uids, str(ds.file_meta.TransferSyntaxUID), source)
         final = self.path_for(uids[0], uids[1], uids[2])
         created = self._make_dirs(final.parent)
         replaced = final.exists()
@@ -255,6 +279,10 @@ class InstanceStore:
         final = self.path_for(study, series, sop)
         if self._root not in final.parents:  # cannot happen with validated UIDs; belt and braces
             raise InvalidUIDError(f"instance path escapes the store: {final}")
+        if self._keyring is not None:
+            from lesionlens.privacy.crypto import encrypt_bytes
+
+            blob = encrypt_bytes(blob, self._keyring)
         created = self._make_dirs(final.parent)
         replaced = final.exists()
         tmp: str | None = None

@@ -237,7 +237,9 @@ def resolve_spec(spec: str) -> DataKey | KeyRing:
         return key_from_env(rest or DEFAULT_ENV_VAR)
     if kind == "hook" and sep and rest:
         return key_from_hook(rest)
-    raise KeySourceError(f"key source {spec!r}: expected file:PATH, env:VAR or hook:module:function")
+    # never echo the spec: a key pasted where a spec belongs would end up in logs
+    raise KeySourceError("unknown key source: expected file:PATH, env:VAR or hook:module:function "
+                         "(the text given is not repeated here in case it is a key)")
 
 
 def key_from_spec(spec: str) -> DataKey:

@@ -105,9 +105,9 @@ class Runtime:
             max_backoff_seconds=settings.delivery_max_backoff_seconds))
         from lesionlens.net.storage import InstanceStore
 
-        self.store = InstanceStore(data / "incoming", keyring=load_keyring(settings))  # self.keyring: set below
-        self.registry = ModelRegistry(data / "registry", settings.trusted_keys)
         self.keyring = load_keyring(settings)
+        self.store = InstanceStore(data / "incoming", keyring=self.keyring)
+        self.registry = ModelRegistry(data / "registry", settings.trusted_keys)
         from lesionlens.service.auditing import ServiceAudit
 
         self.audit = ServiceAudit(open_audit_log(settings, data))

@@ -133,6 +133,11 @@ def from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if key in env:
             raw = env[key]
             out[name] = [s.strip() for s in raw.split(",") if s.strip()] if name in LIST_FIELDS else raw
+    # LESIONLENS_DATA_KEY is also where the key itself may live (spec "env"): a value that is not a
+    # key spec is the key material, so the setting is "read the key from this variable".
+    dk = out.get("data_key")
+    if isinstance(dk, str) and not dk.startswith(("file:", "env", "hook:")):
+        out["data_key"] = "env"
     return out
 
 

@@ -12,6 +12,12 @@ already committed is not recomputed — the committed outcome is reused, its res
 (re-)queued in the outbox (a no-op for rows already there) and the job is completed. So result
 objects, with their SOP Instance UIDs, are produced once per job and delivered once per
 destination.
+
+Encryption at rest (``WorkerConfig.data_key``): the job's (encrypted) input files are decrypted
+into a private working folder in RAM (:func:`lesionlens.service.atrest.ram_workdir`) that the
+detector reads and that is removed as soon as it is done; every output file except
+``outcome.json`` is encrypted in staging before the commit. The SOP Instance UIDs of the result
+objects are recorded in ``outcome.json`` (``sop_uids``) so delivery never reads them back.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -58,7 +65,8 @@ class LeaseLostError(LesionLensError):
 class JobOutcome:
     """What a processed job produced. ``dicom_files``: result objects to deliver (absolute);
     ``model``: identity of the model used (name, version, sha256); ``studies``: per study
-    ``{study_uid, status, lesions, messages}``."""
+    ``{study_uid, status, lesions, messages}``; ``sop_uids``: result object path (relative to
+    ``out_dir``, POSIX) → its SOP Instance UID."""
 
     job_id: str
     out_dir: Path
@@ -66,6 +74,11 @@ class JobOutcome:
     model: dict[str, str]
     studies: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    sop_uids: dict[str, str] = field(default_factory=dict)
+
+    def delivery_map(self) -> dict[str, Path]:
+        """SOP Instance UID → absolute path of each result object with a recorded UID."""
+        return {uid: self.out_dir / rel for rel, uid in self.sop_uids.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,12 +88,14 @@ class JobOutcome:
             "model": dict(self.model),
             "studies": self.studies,
             "timings": self.timings,
+            "sop_uids": dict(self.sop_uids),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], out_dir: Path) -> JobOutcome:
         return cls(str(d["job_id"]), out_dir, [out_dir / p for p in d.get("dicom_files", [])],
-                   dict(d.get("model", {})), list(d.get("studies", [])), dict(d.get("timings", {})))
+                   dict(d.get("model", {})), list(d.get("studies", [])), dict(d.get("timings", {})),
+                   {str(k): str(v) for k, v in (d.get("sop_uids") or {}).items()})
 
 
 def load_outcome(job_id: str, out_root: str | Path) -> JobOutcome | None:
@@ -105,14 +120,55 @@ def _default_writer(results: list[Any], out_dir: Path) -> Any:
     return write_outputs(results, out_dir)
 
 
+def _plain_inputs(stack: ExitStack, inputs: list[Path] | Path, keyring: Any, job_id: str,
+                  root: Path) -> list[Path] | Path:
+    """The inputs as the detector and the writer read them: as they are without a key ring, else
+    plaintext copies in a RAM working folder that ``stack`` removes when it closes."""
+    if keyring is None:
+        return inputs
+    from lesionlens.service.atrest import decrypt_inputs, ram_workdir
+
+    work = stack.enter_context(ram_workdir(f"lesionlens-{job_id}-", root / ".work"))
+    return decrypt_inputs(inputs, keyring, work)
+
+
+def _result_uids(folder: Path) -> dict[str, str]:
+    """Result object path relative to ``folder`` → its SOP Instance UID (plaintext files)."""
+    from lesionlens.service.outbox import sop_instance_uid
+
+    found = sorted({p for pat in DICOM_RESULTS for p in folder.rglob(pat) if p.is_file()})
+    return {p.relative_to(folder).as_posix(): sop_instance_uid(p) for p in found}
+
+
+def _write_staging(results: list[Any], staging: Path, writer: Writer, keyring: Any, job_id: str,
+                   root: Path) -> dict[str, str]:
+    """Write the outputs into ``staging`` → the result objects' SOP Instance UIDs. With a key
+    ring the writer writes into a RAM working folder and only ciphertext reaches ``staging``."""
+    if keyring is None:
+        writer(results, staging)
+        return _result_uids(staging)
+    from lesionlens.service.atrest import encrypt_tree, ram_workdir
+
+    staging.mkdir(parents=True, exist_ok=True)
+    with ram_workdir(f"lesionlens-{job_id}-out-", root / ".work") as work:
+        plain = work / "out"
+        writer(results, plain)
+        uids = _result_uids(plain)
+        encrypt_tree(plain, keyring, dst=staging)
+    return uids
+
+
 def process_job(job: Job, *, detector_factory: Callable[[], Any], out_root: str | Path,
-                writer: Writer | None = None, still_ours: Callable[[], bool] | None = None) -> JobOutcome:
+                writer: Writer | None = None, still_ours: Callable[[], bool] | None = None,
+                keyring: Any = None) -> JobOutcome:
     """Run the study pipeline on ``job``'s files; outputs committed under ``out_root/<job id>/``.
 
     detector_factory() → an object with ``detect(inputs) -> list[StudyResult]`` (a
     :class:`lesionlens.pipeline.detect.Detector`). writer(results, folder) writes the outputs
     (default :func:`lesionlens.reports.bundle.write_outputs`). still_ours() is asked just before
-    the commit; False raises :class:`LeaseLostError` and discards the work.
+    the commit; False raises :class:`LeaseLostError` and discards the work. keyring (a
+    :class:`~lesionlens.privacy.keys.KeyRing`): inputs may be encrypted, outputs are encrypted
+    (all but ``outcome.json``).
     """
     root = Path(out_root)
     final = root / _safe_id(job.id)
@@ -129,13 +185,18 @@ def process_job(job: Job, *, detector_factory: Callable[[], Any], out_root: str 
     staging_root = root / ".staging"
     for stale in staging_root.glob(f"{job.id}-*"):  # a dead attempt's leftovers; we hold the lease
         shutil.rmtree(stale, ignore_errors=True)
-    t0 = time.perf_counter()
-    detector = detector_factory()
-    results = list(detector.detect(inputs))
-    t1 = time.perf_counter()
     staging = staging_root / f"{job.id}-{uuid.uuid4().hex[:8]}"
+    with ExitStack() as plaintext:  # the writer re-reads the source instances too (SR/SEG references)
+        t0 = time.perf_counter()
+        detector = detector_factory()
+        results = list(detector.detect(_plain_inputs(plaintext, inputs, keyring, job.id, root)))
+        t1 = time.perf_counter()
+        try:
+            uids = _write_staging(results, staging, writer or _default_writer, keyring, job.id, root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     try:
-        (writer or _default_writer)(results, staging)
         files = sorted({p for pat in DICOM_RESULTS for p in staging.rglob(pat) if p.is_file()})
         model = next((dict(r.model) for r in results if getattr(r, "model", None)), None)
         if model is None:
@@ -147,7 +208,7 @@ def process_job(job: Job, *, detector_factory: Callable[[], Any], out_root: str 
                     "lesions": len(getattr(r, "lesions", []) or []),
                     "messages": list(getattr(r, "messages", []) or [])} for r in results]
         timings = {"detect": round(t1 - t0, 3), "write": round(time.perf_counter() - t1, 3)}
-        staged = JobOutcome(job.id, staging, files, model, studies, timings)
+        staged = JobOutcome(job.id, staging, files, model, studies, timings, uids)
         write_json(staged.to_dict(), staging / OUTCOME)
         if still_ours is not None and not still_ours():
             raise LeaseLostError(f"job {job.id}: lease lost before the outputs were committed")
@@ -229,6 +290,32 @@ class WorkerConfig:
     heartbeat_seconds: float | None = None
     max_jobs: int | None = None
     writer: Writer | None = None
+    data_key: str | None = None
+    data_keys_old: tuple[str, ...] = ()
+
+    def keyring(self) -> Any:
+        """The data key ring from ``data_key`` / ``data_keys_old`` (specs such as ``env``,
+        ``file:PATH``; resolved in the worker process), or None when no key is configured."""
+        if not self.data_key:
+            return None
+        from lesionlens.privacy.keys import KeyRing
+
+        return KeyRing.from_specs(self.data_key, self.data_keys_old)
+
+
+def _delivery_files(outcome: JobOutcome, keyring: Any) -> dict[str, Path] | list[Path]:
+    """What the outbox gets: UID → path from ``outcome.json``; an outcome committed before UIDs
+    were recorded falls back to its file list (UIDs read from the files, decrypted in memory)."""
+    mapping = outcome.delivery_map()
+    if mapping or not outcome.dicom_files:
+        return mapping
+    if keyring is None:
+        return list(outcome.dicom_files)
+    from lesionlens.dicom.io import parse_bytes
+    from lesionlens.service.atrest import read_result
+
+    return {str(parse_bytes(read_result(keyring, p), str(p), stop_before_pixels=True).dataset.SOPInstanceUID): p
+            for p in outcome.dicom_files}
 
 
 class _Heartbeat(threading.Thread):
@@ -283,6 +370,7 @@ def run_worker(queue: JobQueue, outbox: Outbox | None, *, detector_factory: Call
                config: WorkerConfig, stop_event: Any, worker_id: str | None = None) -> int:
     """Claim and process jobs until ``stop_event`` is set (or ``max_jobs``) → jobs handled."""
     wid = worker_id or new_worker_id()
+    keyring = config.keyring()
     beat = config.heartbeat_seconds or queue.config.lease_seconds / 3
     handled = 0
     while not stop_event.is_set() and (config.max_jobs is None or handled < config.max_jobs):
@@ -296,11 +384,12 @@ def run_worker(queue: JobQueue, outbox: Outbox | None, *, detector_factory: Call
         hb.start()
         try:
             outcome = process_job(job, detector_factory=detector_factory, out_root=config.out_root,
-                                  writer=config.writer, still_ours=hb.still_ours)
+                                  writer=config.writer, still_ours=hb.still_ours, keyring=keyring)
             dests: Sequence[str] = job.meta.get("destinations") or config.destinations
-            if outbox is not None:
+            if outbox is not None and dests:
+                deliver = _delivery_files(outcome, keyring)
                 for dest in dests:
-                    outbox.enqueue(job.id, dest, outcome.dicom_files)
+                    outbox.enqueue(job.id, dest, deliver)
             if not queue.complete(job, outcome.to_dict()):
                 log.warning("job %s was taken over by another worker; result recorded by it", job.id)
         except LeaseLostError as exc:
