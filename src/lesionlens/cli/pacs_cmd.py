@@ -50,18 +50,11 @@ def _find(
 ) -> None:
     """C-FIND / QIDO-RS studies at STUDY level."""
     with error_boundary():
-        from lesionlens.service.pull import is_web
+        from lesionlens.service.pull import find_at
 
         keys: dict[str, Any] = {k: v for k, v in (("PatientID", patient_id), ("StudyDate", study_date),
                                   ("AccessionNumber", accession), ("StudyInstanceUID", study_uid)) if v}
-        if is_web(peer):
-            from lesionlens.net.dicomweb import qido_studies
-
-            found = qido_studies(peer, **keys)
-        else:
-            from lesionlens.net.scu import find_studies
-
-            found = find_studies(peer, calling_ae=ae_title, **keys)
+        found = find_at(peer, ae_title, **keys)
         if as_json:
             typer.echo(json.dumps(found, indent=2))
             return

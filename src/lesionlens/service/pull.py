@@ -115,15 +115,19 @@ def default_sender(calling_ae: str) -> Sender:
     return send
 
 
-def _find(req: PullRequest) -> None:
-    if is_web(req.source):
+def find_at(source: str, calling_ae: str, **keys: Any) -> list[dict[str, str]]:
+    """Study-level query of ``source``: QIDO-RS for a DICOMweb URL, else C-FIND (keyword → text)."""
+    if is_web(source):
         from lesionlens.net.dicomweb import qido_studies
 
-        found = qido_studies(req.source, StudyInstanceUID=req.study_uid)
-    else:
-        from lesionlens.net.scu import find_studies
+        return qido_studies(source, **keys)
+    from lesionlens.net.scu import find_studies
 
-        found = find_studies(req.source, calling_ae=req.ae_title, StudyInstanceUID=req.study_uid)
+    return find_studies(source, calling_ae=calling_ae, **keys)
+
+
+def _find(req: PullRequest) -> None:
+    found = find_at(req.source, req.ae_title, StudyInstanceUID=req.study_uid)
     if not any(f.get("StudyInstanceUID") == req.study_uid for f in found):
         raise StudyNotFoundError(f"study {req.study_uid} is not in {req.source}")
 
@@ -220,4 +224,5 @@ def process_from_pacs(req: PullRequest, *, sender: Sender | None = None,
     return report
 
 
-__all__ = ["PullReport", "PullRequest", "StudyNotFoundError", "default_sender", "is_web", "process_from_pacs"]
+__all__ = ["PullReport", "PullRequest", "StudyNotFoundError", "default_sender", "find_at", "is_web",
+           "process_from_pacs"]

@@ -216,16 +216,25 @@ class Runtime:
     def _audited(self, send: Any) -> Any:
         """The sender, recording an export audit event per study and destination it sends to."""
 
-        def study_of(path: Path) -> str:
+        def job_of(path: Path) -> str:
             try:
-                return self.queue.get(path.relative_to(self.out_root).parts[0]).study_uid
-            except (ValueError, IndexError, LesionLensError):
+                return path.relative_to(self.out_root).parts[0]
+            except (ValueError, IndexError):
+                return ""
+
+        def study_of(job_id: str) -> str:
+            try:
+                return self.queue.get(job_id).study_uid if job_id else "unknown"
+            except LesionLensError:
                 return "unknown"
 
         def wrapped(destination: str, files: list[Path]) -> Any:
-            by_study: dict[str, list[Path]] = {}
+            by_job: dict[str, list[Path]] = {}
             for f in files:
-                by_study.setdefault(study_of(Path(f)), []).append(Path(f))
+                by_job.setdefault(job_of(Path(f)), []).append(Path(f))
+            by_study: dict[str, list[Path]] = {}
+            for job_id, fs in by_job.items():  # one queue lookup per job, not per file
+                by_study.setdefault(study_of(job_id), []).extend(fs)
             try:
                 outcome = send(destination, files)
             except Exception:
