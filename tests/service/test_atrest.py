@@ -336,3 +336,43 @@ def test_outbox_delivers_encrypted_results_through_the_wrapper(tmp_path: Path, r
     assert sorted(got) == sorted(open_decrypted(p, ring) for p in paths)
     assert all(b[128:132] == b"DICM" for b in got)
 
+
+
+def test_start_sweep_removes_folders_of_killed_workers_only(tmp_path: Path) -> None:
+    """A worker killed with SIGKILL inside ``ram_workdir`` leaves its plaintext folder; the sweep
+    a restarted service runs removes it, and leaves a live process's folder alone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lesionlens.service.atrest import sweep_ram_workdirs
+
+    fallback = tmp_path / ".work"
+    code = ("import sys, time\n"
+            "from lesionlens.service.atrest import ram_workdir\n"
+            f"with ram_workdir('lesionlens-sweeptest-', {str(fallback)!r}) as w:\n"
+            "    (w / 'plain.dcm').write_bytes(b'secret')\n"
+            "    print(w, flush=True)\n"
+            "    time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        left = Path(child.stdout.readline().strip())
+        assert (left / "plain.dcm").read_bytes() == b"secret"
+        assert f"-p{child.pid}-" in left.name
+        with ram_workdir("lesionlens-sweeptest-", fallback) as mine:
+            assert sweep_ram_workdirs(fallback) == []  # the child still runs: nothing removed
+            assert left.exists()
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=10)
+            time.sleep(0.05)
+            assert left.exists()  # SIGKILL skips the context manager's cleanup
+            removed = sweep_ram_workdirs(fallback)
+            assert removed == [left]
+            assert not left.exists()
+            assert mine.exists()  # this (live) process's folder stays
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -13,6 +13,7 @@ decrypt wherever they are moved to and ``lesionlens keys rotate --data-dir`` re-
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -51,11 +52,53 @@ def ram_workdir(prefix: str, fallback_root: str | Path) -> Iterator[Path]:
     if base is None:
         base = Path(fallback_root)
         base.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))  # mkdtemp: mode 0700
+    # the owner's pid in the name lets a restarted service remove what a killed one left behind
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}p{os.getpid()}-", dir=base))  # mkdtemp: mode 0700
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+_OWNER = re.compile(r"^lesionlens-.*-p(\d+)-[A-Za-z0-9_]+$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_ram_workdirs(*fallback_roots: str | Path) -> list[Path]:
+    """Remove working folders (:func:`ram_workdir`, ``lesionlens-…-p<pid>-…``) whose owning
+    process no longer runs — what a worker killed with SIGKILL or a power cut left in RAM (or
+    under a fallback root). Folders of live processes, and of other users, are left alone.
+    → the folders removed."""
+    removed: list[Path] = []
+    bases = [b for b in (_ram_base(), *(Path(r) for r in fallback_roots)) if b is not None]
+    uid = os.getuid()
+    for base in bases:
+        try:
+            entries = list(base.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            m = _OWNER.match(entry.name)
+            if m is None or _pid_alive(int(m.group(1))):
+                continue
+            try:
+                if entry.is_symlink() or not entry.is_dir() or entry.stat().st_uid != uid:
+                    continue
+            except OSError:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            if not entry.exists():
+                removed.append(entry)
+    return removed
 
 
 def decrypt_to(src: Path, dst: Path, keyring: Any) -> Path:

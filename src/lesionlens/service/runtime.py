@@ -185,6 +185,11 @@ class Runtime:
         from lesionlens.service.worker import worker_alive
 
         orphans = self.queue.release_dead_workers(worker_alive)
+        from lesionlens.service.atrest import sweep_ram_workdirs
+
+        stale = sweep_ram_workdirs(self.out_root / ".work", self.tmp_dir)
+        if stale:
+            log.warning("removed %d working folder(s) left by dead workers", len(stale))
         if orphans:
             log.warning("re-queued %d job(s) whose worker died: %s", len(orphans), ", ".join(orphans))
         if s.workers > 0:
