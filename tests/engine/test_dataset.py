@@ -85,3 +85,33 @@ def test_normalize_ct_window_and_spec_validation() -> None:
     with pytest.raises(ConfigError, match="context_mm"):
         InputSpec(channels=5)
     assert InputSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_small_lesion_images_are_weighted_up(tmp_path: Path) -> None:
+    _make_dataset(tmp_path)  # p0: 8 px box, p1/p3: negatives, p2: 12 px box
+    ds = DetectionSamples(read_dataset_yaml(tmp_path), "train", InputSpec(), crop=48)
+    assert [p.name for p in ds.images] == ["p0.npy", "p1.npy", "p2.npy", "p3.npy"]
+    assert ds.image_size(0) == (96, 96)
+    assert ds.sample_weights(10.0, 3.0).tolist() == [4.0, 1.0, 1.0, 1.0]
+    assert ds.sample_weights(13.0, 3.0).tolist() == [4.0, 1.0, 4.0, 1.0]
+    assert ds.sample_weights(13.0, 0.0).tolist() == [1.0] * 4
+
+
+def test_trainer_draws_small_lesion_images_more_often(tmp_path: Path) -> None:
+    import torch
+
+    from lesionlens.engine.config import TrainConfig
+    from lesionlens.engine.trainer import Trainer
+
+    _make_dataset(tmp_path, n=4)
+    cfg = TrainConfig(data=str(tmp_path / "dataset.yaml"), model="n", epochs=1, batch=1, imgsz=48,
+                      device="cpu", out=str(tmp_path / "run"), small_boost=9.0, small_px=10.0)
+    loader, _ = Trainer(cfg)._loaders()
+    assert isinstance(loader.sampler, torch.utils.data.WeightedRandomSampler)
+    drawn = np.bincount(np.array(list(iter(loader.sampler)) * 1), minlength=4)
+    for _ in range(99):
+        drawn += np.bincount(np.array(list(iter(loader.sampler))), minlength=4)
+    share = drawn / drawn.sum()  # expected 10/13 for p0, 1/13 for the others
+    assert share[0] > 0.65 and max(share[1:]) < 0.15
+    plain, _ = Trainer(cfg.model_copy(update={"small_boost": 0.0}))._loaders()
+    assert not isinstance(plain.sampler, torch.utils.data.WeightedRandomSampler)

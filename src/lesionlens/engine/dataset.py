@@ -140,6 +140,37 @@ class DetectionSamples(Dataset):  # type: ignore[type-arg]
         boxes, labels = read_label_file(label_path_for(self.images[i]), len(self.info.names), img.shape[2], img.shape[1])
         return img, boxes, labels
 
+    def image_size(self, i: int) -> tuple[int, int]:
+        """(width, height) of image i, read from its header only."""
+        path = self.images[i]
+        try:
+            if path.suffix == ".npy":
+                shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+                return int(shape[-1]), int(shape[-2])
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
+        except (OSError, ValueError) as exc:
+            raise DataFormatError(f"cannot read image: {exc}", path=path) from None
+
+    def sample_weights(self, small_px: float, boost: float) -> np.ndarray:
+        """Per-image sampling weights: ``1 + boost`` for an image holding a box whose longer side
+        is under ``small_px`` pixels, else 1 — so small lesions (few slices, few pixels) are
+        drawn more often than their share of the split."""
+        w = np.ones(len(self.images), np.float64)
+        if boost <= 0:
+            return w
+        for i, path in enumerate(self.images):
+            label = label_path_for(path)
+            if not label.is_file():
+                continue
+            width, height = self.image_size(i)
+            boxes, _ = read_label_file(label, len(self.info.names), width, height)
+            if len(boxes) and float(np.min(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]))) < small_px:
+                w[i] += boost
+        return w
+
     def _crop(self, img: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         s = int(self.crop or 0)
         _, h, w = img.shape

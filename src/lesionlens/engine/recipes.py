@@ -52,6 +52,7 @@ class DefaultRecipe:
     val_every: int = 5
     threads: int = 2
     lr: float = 3e-3
+    small_boost: float = 0.0  # images with a box under 12 px drawn (1 + boost)x as often
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -139,7 +140,7 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     cfg = TrainConfig(data=str(dataset_dir / "dataset.yaml"), model=recipe.model, epochs=recipe.epochs,
                       batch=recipe.batch, imgsz=recipe.imgsz, steps_per_epoch=recipe.steps_per_epoch,
                       lr=recipe.lr, seed=recipe.seed, device=device, out=str(work / "run"), patience=recipe.epochs,
-                      val_every=recipe.val_every, threads=recipe.threads)
+                      val_every=recipe.val_every, threads=recipe.threads, small_boost=recipe.small_boost)
     res = Trainer(cfg, on_epoch_end=[lambda e, r: log(f"epoch {e}: loss {r.get('train_loss'):.3f} "
                                                       f"val AP50 {r.get('val_ap50')}")]).fit()
     times["train"] = time.perf_counter() - t0
@@ -250,11 +251,14 @@ and expected to be much lower. Trained only on chest CT; other modalities are ou
 
 
 #: The shipped default model: stage 1 from scratch, then stage 2 warm-started from stage 1's best
-#: weights on twice the phantoms with a longer schedule. ``"@stage1"`` names stage 1's best package.
+#: weights on twice the phantoms with a longer schedule, then stage 3 from stage 2 on more phantoms
+#: with small lesions drawn more often. ``"@previous"`` names the previous stage's best package.
 DEFAULT_STAGES: tuple[DefaultRecipe, ...] = (
     DefaultRecipe(),
     DefaultRecipe(train_studies=72, val_studies=4, epochs=36, steps_per_epoch=90, val_every=6, lr=2e-3,
-                  model="@stage1"),
+                  model="@previous"),
+    DefaultRecipe(train_studies=100, val_studies=4, epochs=50, steps_per_epoch=120, val_every=10, lr=1.5e-3,
+                  small_boost=2.0, model="@previous"),
 )
 
 
@@ -270,7 +274,7 @@ def run_recipe(name: str, *, out: str | None = None, device: str | None = None, 
     previous: Path | None = None
     for i, stage in enumerate(DEFAULT_STAGES, 1):
         recipe = DefaultRecipe(**{**asdict(stage), "epochs": epochs or stage.epochs})
-        if recipe.model == "@stage1":
+        if recipe.model == "@previous":
             assert previous is not None
             recipe.model = str(previous)
         last = i == len(DEFAULT_STAGES)

@@ -165,10 +165,17 @@ class Trainer:
         train = DetectionSamples(self.info, "train", self.spec, crop=cfg.imgsz, augmenter=aug, seed=cfg.seed)
         if len(train) == 0:
             raise ConfigError("the training split holds no images", path=self.info.splits["train"])
-        loader = DataLoader(train, batch_size=cfg.batch, shuffle=True, num_workers=cfg.workers,
-                            collate_fn=collate, drop_last=len(train) > cfg.batch,
-                            generator=torch.Generator().manual_seed(cfg.seed),
-                            persistent_workers=cfg.workers > 0)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        sampler = None
+        if cfg.small_boost > 0:
+            from torch.utils.data import WeightedRandomSampler
+
+            weights = train.sample_weights(cfg.small_px, cfg.small_boost)
+            sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(train), replacement=True,
+                                            generator=gen)
+        loader = DataLoader(train, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler,
+                            num_workers=cfg.workers, collate_fn=collate, drop_last=len(train) > cfg.batch,
+                            generator=gen, persistent_workers=cfg.workers > 0)
         val = DetectionSamples(self.info, "val", self.spec, crop=None) if "val" in self.info.splits else None
         return loader, (val if val is not None and len(val) > 0 else None)
 
