@@ -25,6 +25,10 @@ def _train(
     attention: Optional[bool] = typer.Option(None, "--attention/--no-attention"),
     lr: Optional[float] = typer.Option(None, "--lr"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    mosaic: Optional[float] = typer.Option(None, "--mosaic", help="probability of a 4-image mosaic sample."),
+    copy_paste: Optional[float] = typer.Option(None, "--copy-paste", help="probability of pasting banked lesions."),
+    small_boost: Optional[float] = typer.Option(None, "--small-boost",
+                                                help="draw images with a box under --small-px (1 + this)x as often."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of TrainConfig fields."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="a named recipe, e.g. 'default'."),
 ) -> None:
@@ -41,7 +45,8 @@ def _train(
         if data is None and config is None:
             raise ConfigError("--data is required (or --config, or --recipe)")
         cfg = load_config(config, data=data, model=model, epochs=epochs, batch=batch, imgsz=imgsz, device=device,
-                          out=out, resume=resume or None, attention=attention, lr=lr, seed=seed)
+                          out=out, resume=resume or None, attention=attention, lr=lr, seed=seed, mosaic=mosaic,
+                          copy_paste=copy_paste, small_boost=small_boost)
 
         def show(epoch: int, row: dict[str, object]) -> None:
             parts = [f"epoch {epoch}/{cfg.epochs}", f"loss {row.get('train_loss', 0):.3f}"]

@@ -44,6 +44,8 @@ class TrainConfig(BaseModel):
     conf_val: float = Field(0.25, ge=0, le=1)
     names: list[str] | None = Field(None, description="class names; a new list re-initialises the head")
     augment: bool = True
+    mosaic: float = Field(0.0, ge=0, le=1, description="probability of a 4-image mosaic sample (native scale)")
+    copy_paste: float = Field(0.0, ge=0, le=1, description="probability of pasting 1-2 banked lesions into a sample")
     small_boost: float = Field(0.0, ge=0, description="images holding a box under small_px are drawn (1 + boost)x as often")
     small_px: float = Field(12.0, gt=0, description="longer box side (px) under which a box counts as small")
 

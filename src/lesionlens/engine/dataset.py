@@ -23,8 +23,9 @@ from torch.utils.data import Dataset
 
 from lesionlens.data.augment import Augmenter
 from lesionlens.data.formats.yolo import label_path_for, read_label_file
+from lesionlens.data.mix import LesionBank, mosaic, paste_lesions
 from lesionlens.engine.preprocess import InputSpec, normalize, pad_to_multiple
-from lesionlens.errors import DataFormatError
+from lesionlens.errors import ConfigError, DataFormatError
 
 IMAGE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -119,6 +120,8 @@ class DetectionSamples(Dataset):  # type: ignore[type-arg]
         crop: int | None = 256,
         augmenter: Augmenter | None = None,
         seed: int = 0,
+        mosaic: float = 0.0,
+        copy_paste: float = 0.0,
     ):
         if split not in info.splits:
             raise DataFormatError(f"dataset has no split {split!r}", path=info.yaml_path)
@@ -126,6 +129,10 @@ class DetectionSamples(Dataset):  # type: ignore[type-arg]
         self.images = list_images(info.splits[split])
         self.rng = np.random.default_rng(seed)
         self._fill = -1000.0 if spec.kind == "ct-hu" else 0.0
+        if not (0.0 <= mosaic <= 1.0 and 0.0 <= copy_paste <= 1.0):
+            raise ConfigError(f"mosaic and copy_paste are probabilities in [0, 1], got {mosaic}, {copy_paste}")
+        self.mosaic, self.copy_paste = (mosaic, copy_paste) if crop else (0.0, 0.0)
+        self.bank = LesionBank(seed=seed) if self.copy_paste > 0 else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -171,8 +178,9 @@ class DetectionSamples(Dataset):  # type: ignore[type-arg]
                 w[i] += boost
         return w
 
-    def _crop(self, img: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        s = int(self.crop or 0)
+    def _crop(self, img: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+              size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s = int(size or self.crop or 0)
         _, h, w = img.shape
         if h < s or w < s:
             img = np.pad(img, ((0, 0), (0, max(0, s - h)), (0, max(0, s - w))), constant_values=self._fill)
@@ -196,10 +204,31 @@ class DetectionSamples(Dataset):  # type: ignore[type-arg]
             boxes, labels = boxes[keep], labels[keep]
         return np.ascontiguousarray(img), boxes, labels
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _read(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         img, boxes, labels = self.raw(i)
-        if self.crop:
-            img, boxes, labels = self._crop(img, boxes, labels)
+        if self.bank is not None and len(boxes):
+            self.bank.offer(img, boxes, labels)
+        return img, boxes, labels
+
+    def _sample(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image i (cropped; a mosaic of it and three others with probability ``mosaic``; with
+        lesions pasted in with probability ``copy_paste``), in physical units."""
+        if not self.crop:
+            return self.raw(i)
+        s = int(self.crop)
+        if self.mosaic and s >= 16 and self.rng.random() < self.mosaic:
+            others = self.rng.integers(len(self.images), size=3).tolist()
+            img, boxes, labels = mosaic([self._crop(*self._read(j), size=s // 2) for j in [i, *others]], s)
+        else:
+            img, boxes, labels = self._crop(*self._read(i))
+        if self.bank is not None and len(self.bank) and self.rng.random() < self.copy_paste:
+            img, boxes, labels = paste_lesions(img, boxes, labels, self.bank, self.rng,
+                                               n=int(self.rng.integers(1, 3)),
+                                               lung_hu=-600.0 if self.spec.kind == "ct-hu" else None)
+        return img, boxes, labels
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        img, boxes, labels = self._sample(i)
         if self.augmenter is not None:
             img, boxes, labels = self.augmenter(img, boxes, labels)
         x = normalize(img, self.spec)

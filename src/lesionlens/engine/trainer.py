@@ -162,7 +162,9 @@ class Trainer:
         cfg = self.cfg
         aug = Augmenter(AugmentConfig(enabled=cfg.augment), fill=-1000.0 if self.spec.kind == "ct-hu" else 0.0,
                         seed=cfg.seed)
-        train = DetectionSamples(self.info, "train", self.spec, crop=cfg.imgsz, augmenter=aug, seed=cfg.seed)
+        train = DetectionSamples(self.info, "train", self.spec, crop=cfg.imgsz, augmenter=aug, seed=cfg.seed,
+                                 mosaic=cfg.mosaic if cfg.augment else 0.0,
+                                 copy_paste=cfg.copy_paste if cfg.augment else 0.0)
         if len(train) == 0:
             raise ConfigError("the training split holds no images", path=self.info.splits["train"])
         gen = torch.Generator().manual_seed(cfg.seed)
