@@ -26,7 +26,12 @@ from lesionlens.errors import (
 from lesionlens.service.auth import AuthError, ForbiddenError
 from lesionlens.service.jobs import JobInputError, JobNotFoundError, QueueFullError
 from lesionlens.service.registry import ModelVerificationError
-from lesionlens.service.routes.common import BadUploadError, NotFoundError, UploadTooLargeError
+from lesionlens.service.routes.common import (
+    BadUploadError,
+    DeidUnavailableError,
+    NotFoundError,
+    UploadTooLargeError,
+)
 from lesionlens.service.runtime import Runtime
 from lesionlens.service.settings import Settings
 
@@ -50,6 +55,7 @@ _STATUS: tuple[tuple[type[LesionLensError], int], ...] = (
     (JobInputError, 422),
     (ConfigError, 422),
     (ModelError, 409),
+    (DeidUnavailableError, 409),
 )
 
 

@@ -56,6 +56,11 @@ class ServiceAudit:
     def accessed(self, request: Any, user: str, study_uid: str, what: str) -> None:
         self.log.access(user, [ParticipantObject.study(study_uid, what)], source_ip=client_ip(request))
 
+    def exported_deidentified(self, request: Any, user: str, study_uid: str, what: str) -> None:
+        """A de-identified copy handed to a user (research export): 110106 Export."""
+        self.log.export(user, study_uid, client_ip(request) or "http", source_ip=client_ip(request),
+                        description=f"{what} (de-identified)")
+
     def uploaded(self, request: Any, user: str, study_uids: Iterable[str]) -> None:
         for uid in study_uids:
             self.log.ingest(user, uid, source=client_ip(request) or "http")

@@ -106,6 +106,14 @@ class Runtime:
         from lesionlens.net.storage import InstanceStore
 
         self.keyring = load_keyring(settings)
+        self._deid: Any = None
+        if settings.deid_key_file is not None or settings.deid_options:
+            from lesionlens.privacy.deid_options import DeidConfig
+            from lesionlens.privacy.uidmap import resolve_key
+
+            if settings.deid_key_file is None:
+                raise ConfigError("deid_options: set deid_key_file too (de-identified exports need a key)")
+            self._deid = DeidConfig.build(resolve_key(settings.deid_key_file), settings.deid_options)
         self.store = InstanceStore(data / "incoming", keyring=self.keyring)
         self.registry = ModelRegistry(data / "registry", settings.trusted_keys)
         from lesionlens.service.auditing import ServiceAudit
@@ -120,6 +128,15 @@ class Runtime:
         self.listener: Any = None
         if load_model:
             self.load_initial_model()
+
+    def deid_config(self) -> Any:
+        """The de-identification of ``?deid=true`` exports; refused when no key is configured."""
+        if self._deid is None:
+            from lesionlens.service.routes.common import DeidUnavailableError
+
+            raise DeidUnavailableError("de-identified exports are not enabled on this service: "
+                                       "set deid_key_file (LESIONLENS_DEID_KEY_FILE)")
+        return self._deid
 
     # ------------------------------------------------------------------ model
     def load_initial_model(self) -> None:

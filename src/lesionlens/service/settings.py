@@ -55,6 +55,8 @@ class Settings(BaseModel):
     data_keys_old: list[str] = Field(default_factory=list, description="older key specs (decryption during rotation)")
     audit_log: Path | None = Field(None, description="audit trail file (default DATA_DIR/audit/audit.jsonl)")
     audit_key_file: Path | None = Field(None, description="HMAC key of the audit chain (recommended)")
+    deid_key_file: Path | None = Field(None, description="key of de-identified exports (?deid=true); none: refused")
+    deid_options: list[str] = Field(default_factory=list, description="PS3.15 options of de-identified exports")
     tls_cert: Path | None = None
     tls_key: Path | None = None
     predict_threads: int | None = Field(None, ge=1)

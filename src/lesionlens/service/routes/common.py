@@ -28,6 +28,12 @@ class BadUploadError(LesionLensError):
     code = "bad-upload"
 
 
+class DeidUnavailableError(LesionLensError):
+    """A de-identified copy was asked for but is not offered (HTTP 409)."""
+
+    code = "deid-unavailable"
+
+
 def runtime(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt

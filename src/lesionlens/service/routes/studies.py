@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from lesionlens.errors import LesionLensError
@@ -17,6 +17,7 @@ from lesionlens.service.auth import READ, SUBMIT, require
 from lesionlens.service.jobs import JobNotFoundError, QueueFullError
 from lesionlens.service.routes.common import (
     BadUploadError,
+    DeidUnavailableError,
     NotFoundError,
     job_view,
     read_bounded,
@@ -219,21 +220,70 @@ def serve_study_file(request: Request, who: Any, study_uid: str, name: str, what
     return Response(read_result(rt.keyring, path), media_type=media_type)
 
 
+def serve_deidentified(request: Request, who: Any, study_uid: str, name: str, what: str) -> Response:
+    """A de-identified copy of a finished study's findings.json or SR (research export), made
+    with the service's ``deid_key_file`` and ``deid_options``; audited as an export first."""
+    from lesionlens.service.atrest import read_result
+
+    rt = runtime(request)
+    config = rt.deid_config()
+    path = study_file(rt, study_uid, name)
+    raw = read_result(rt.keyring, path)
+    rt.audit.exported_deidentified(request, who.name, study_uid, what)
+    if name == "findings.json":
+        import json
+
+        from lesionlens.privacy.deid_findings import deidentify_findings
+
+        doc = deidentify_findings(json.loads(raw), config)
+        return Response(json.dumps(doc, indent=2).encode(), media_type="application/json")
+    import pydicom
+
+    from lesionlens.privacy.deid import Deidentifier, Quarantined
+
+    result = Deidentifier(config).deidentify_dataset(pydicom.dcmread(io.BytesIO(raw)))
+    if isinstance(result, Quarantined):  # not for our own SRs; kept for safety
+        raise BadUploadError(f"{what} of study {study_uid} cannot be exported de-identified: {result.reason}")
+    buf = io.BytesIO()
+    result.save_as(buf, enforce_file_format=True)
+    return Response(buf.getvalue(), media_type="application/dicom")
+
+
+_DEID_DOC = ("true: a de-identified copy (PS3.15 basic profile with the service's deid_options and "
+             "deid_key_file; UIDs remapped as in de-identified SR/SEG/GSPS of the same key)")
+
+
 @router.get("/v1/studies/{study_uid}/findings", summary="findings.json of the study's finished job")
-def get_findings(study_uid: str, request: Request, who: Any = Depends(require(*READ))) -> Response:
+def get_findings(study_uid: str, request: Request, deid: bool = Query(False, description=_DEID_DOC),
+                 who: Any = Depends(require(*READ))) -> Response:
+    if deid:
+        return serve_deidentified(request, who, study_uid, "findings.json", "findings.json")
     return serve_study_file(request, who, study_uid, "findings.json", "findings.json", "application/json")
 
 
+def _no_deid_report(deid: bool, name: str) -> None:
+    if deid:
+        raise DeidUnavailableError(f"{name} is not offered de-identified (its header names the patient); "
+                             "use /findings?deid=true or /sr?deid=true")
+
+
 @router.get("/v1/studies/{study_uid}/report.html", summary="HTML report")
-def get_report_html(study_uid: str, request: Request, who: Any = Depends(require(*READ))) -> Response:
+def get_report_html(study_uid: str, request: Request, deid: bool = Query(False, include_in_schema=False),
+                    who: Any = Depends(require(*READ))) -> Response:
+    _no_deid_report(deid, "report.html")
     return serve_study_file(request, who, study_uid, "report.html", "report.html", "text/html")
 
 
 @router.get("/v1/studies/{study_uid}/report.pdf", summary="PDF report")
-def get_report_pdf(study_uid: str, request: Request, who: Any = Depends(require(*READ))) -> Response:
+def get_report_pdf(study_uid: str, request: Request, deid: bool = Query(False, include_in_schema=False),
+                   who: Any = Depends(require(*READ))) -> Response:
+    _no_deid_report(deid, "report.pdf")
     return serve_study_file(request, who, study_uid, "report.pdf", "report.pdf", "application/pdf")
 
 
 @router.get("/v1/studies/{study_uid}/sr", summary="DICOM SR of the findings")
-def get_sr(study_uid: str, request: Request, who: Any = Depends(require(*READ))) -> Response:
+def get_sr(study_uid: str, request: Request, deid: bool = Query(False, description=_DEID_DOC),
+           who: Any = Depends(require(*READ))) -> Response:
+    if deid:
+        return serve_deidentified(request, who, study_uid, "sr*.dcm", "DICOM SR")
     return serve_study_file(request, who, study_uid, "sr*.dcm", "DICOM SR", "application/dicom")
