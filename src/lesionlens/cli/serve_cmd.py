@@ -33,6 +33,8 @@ def _serve(
     data_key: str | None = typer.Option(None, "--data-key",
                                         help="encrypt stored data: key spec file:PATH | env[:VAR] | hook:MOD:FN"),
     audit_key_file: Path | None = typer.Option(None, "--audit-key-file", help="HMAC key of the audit chain"),
+    deid_key_file: Path | None = typer.Option(None, "--deid-key-file",
+                                              help="key of de-identified exports (?deid=true on findings and sr)"),
     insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
                                           help="serve WITHOUT authentication (local tests only)"),
 ) -> None:
@@ -48,6 +50,7 @@ def _serve(
                                  "workers": workers, "model": model, "tokens": tokens,
                                  "tls_cert": tls_cert, "tls_key": tls_key, "predict_threads": predict_threads,
                                  "data_key": data_key, "audit_key_file": audit_key_file,
+                                 "deid_key_file": deid_key_file,
                                  "insecure_no_auth": True if insecure_no_auth else None}
         settings = load_settings(config, flags=flags)
         if settings.insecure_no_auth and settings.tokens is None:
