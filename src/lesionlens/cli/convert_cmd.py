@@ -11,17 +11,29 @@ Batch DICOM → image conversion, as done before training:
 Names come from sanitised UIDs only, never from header text. ``DIR/manifest.json`` lists what
 was written and every error. Exit 0 when every image converted, 1 otherwise (with a per-file
 error list), 2 for a user error such as a nonexistent PATH.
+
+``--deid [--deid-option O ...] [--key-file K]`` (the flags of ``pacs process``) first
+de-identifies the input (PS3.15 basic profile, keyed UIDs) into a private work folder beside
+``DIR``, converts that copy, and deletes the work folder (also on error): names and the manifest
+then carry only de-identified UIDs, and the manifest names no input path. Quarantined (burned-in
+text) and failed files are listed on stderr, not converted, and make the exit status 1. The
+helpers for this (:func:`deid_config`, :func:`deid_workspace`, :func:`deidentify_input`,
+:func:`print_deid_report`) are shared with ``lesionlens data convert --deid``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -33,7 +45,12 @@ from lesionlens.dicom.study import load_series
 from lesionlens.dicom.types import InstanceKind, Problem, SeriesRecord, Volume
 from lesionlens.errors import ConfigError, LesionLensError, UnsupportedInputError
 
+if TYPE_CHECKING:
+    from lesionlens.privacy.deid_files import DeidReport
+    from lesionlens.privacy.deid_options import DeidConfig
+
 EXIT_PARTIAL = 1
+DEID_WORK_PREFIX = ".lesionlens-deid-"
 
 
 class Target(str, Enum):
@@ -115,16 +132,24 @@ def _write_nifti_volume(volume: Volume, index: int, series: SeriesRecord, out: P
     })
 
 
-def run_convert(path: Path, out: Path, to: str, window: str = "as-stored", bits: int = 8) -> ConvertReport:
+def _check_options(window: str, bits: int) -> None:
+    parse_window(window)
+    if bits not in (8, 16):
+        raise ConfigError(f"--bits must be 8 or 16, got {bits}", code="bits")
+
+
+def run_convert(path: Path, out: Path, to: str, window: str = "as-stored", bits: int = 8, *,
+                deid: DeidReport | None = None) -> ConvertReport:
     """Convert every image under ``path`` into ``out``; returns the report (never raises per file).
 
+    deid: the report of the de-identification that made ``path`` (a private work copy): the
+    manifest then names no input path, gives sources relative to ``path`` and holds the
+    de-identification counts instead of file names.
     Raises UnsupportedInputError when ``path`` does not exist and ConfigError for bad options.
     """
     if not path.exists():
         raise UnsupportedInputError("no such file or folder", path=path, code="not-found")
-    parse_window(window)  # validate before any work
-    if bits not in (8, 16):
-        raise ConfigError(f"--bits must be 8 or 16, got {bits}", code="bits")
+    _check_options(window, bits)  # validate before any work
     report = ConvertReport()
     catalog = scan(path)
     for rec in catalog.skipped:
@@ -169,13 +194,34 @@ def run_convert(path: Path, out: Path, to: str, window: str = "as-stored", bits:
                     why = "; ".join(p.message for p in inst.problems) or "not part of any loadable volume"
                     report.fail(Problem("error", "not-converted", why, inst.source))
             bar.advance(task)
-    _write_manifest(out, path, to, window, bits, report)
+    if deid is not None:
+        _relative_sources(report, path)
+    _write_manifest(out, path, to, window, bits, report, deid)
     return report
 
 
-def _write_manifest(out: Path, path: Path, to: str, window: str, bits: int, report: ConvertReport) -> Path:
-    manifest = {
-        "input": str(path),
+def _relative_sources(report: ConvertReport, root: Path) -> None:
+    """Sources under the (temporary) de-identified copy ``root`` → paths relative to it."""
+
+    def rel(source: str | None) -> str | None:
+        if not source:
+            return source
+        try:
+            return Path(source).relative_to(root).as_posix()
+        except ValueError:
+            return source
+
+    for entry in report.outputs:
+        if "source" in entry:
+            entry["source"] = rel(entry["source"])
+    report.errors = [replace(p, path=rel(p.path)) for p in report.errors]
+    report.skipped = [replace(p, path=rel(p.path)) for p in report.skipped]
+
+
+def _write_manifest(out: Path, path: Path, to: str, window: str, bits: int, report: ConvertReport,
+                    deid: DeidReport | None = None) -> Path:
+    manifest: dict[str, Any] = {
+        "input": None if deid is not None else str(path),
         "to": to,
         "window": parse_window(window).name if to == Target.png.value else None,
         "bits": bits if to == Target.png.value else None,
@@ -183,11 +229,118 @@ def _write_manifest(out: Path, path: Path, to: str, window: str, bits: int, repo
         "errors": [p.to_dict() for p in report.errors],
         "skipped": [p.to_dict() for p in report.skipped],
     }
+    if deid is not None:  # counts only: the de-identification report names input files
+        manifest["deid"] = deid_counts(deid)
     target = out / "manifest.json"
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     tmp.replace(target)
     return target
+
+
+# --------------------------------------------------------------------------- --deid (shared with `data convert`)
+
+
+def deid_config(deid: bool, deid_option: list[str] | None, key_file: Path | None) -> DeidConfig | None:
+    """The configuration of ``--deid [--deid-option ...] [--key-file K]`` (as ``pacs process``),
+    or None without ``--deid``. No key (file or ``$LESIONLENS_DEID_KEY``), an unreadable/short key
+    file or an unknown option is a :class:`ConfigError`; so are options without ``--deid``."""
+    if not deid:
+        if deid_option or key_file:
+            raise ConfigError("--deid-option and --key-file only apply with --deid")
+        return None
+    from lesionlens.privacy.deid_options import DeidConfig
+    from lesionlens.privacy.uidmap import resolve_key
+
+    key = resolve_key(key_file)
+    try:
+        return DeidConfig.build(key, list(deid_option or []))
+    except ConfigError as exc:  # parse_options speaks of --option (the `deid` command's flag)
+        if exc.reason.startswith("--option"):
+            raise ConfigError("--deid-option" + exc.reason[len("--option"):]) from None
+        raise
+
+
+@contextmanager
+def deid_workspace(out: Path) -> Iterator[Path]:
+    """A private (mode 0700) work folder beside ``out`` for de-identified copies.
+
+    It lives in ``out``'s parent (same disk, not the shared temp folder) under a hidden name, and
+    is deleted with everything in it when the block ends, also on error or Ctrl-C.
+    """
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=DEID_WORK_PREFIX, dir=parent) as work:
+        yield Path(work)
+
+
+def _stage_zip(archive: Path, folder: Path) -> dict[str, str]:
+    """Extract the members of ``archive`` (size/ratio-checked) as numbered files in ``folder``;
+    returns staged path → ``archive!member``."""
+    from lesionlens.dicom.io import ZIP_SEPARATOR, iter_zip_members, read_zip_member
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names: dict[str, str] = {}
+    for i, source in enumerate(iter_zip_members(archive)):
+        staged = folder / f"{i:06d}"
+        staged.write_bytes(read_zip_member(archive, source.split(ZIP_SEPARATOR, 1)[1]))
+        names[str(staged)] = source
+    return names
+
+
+def deidentify_input(src: Path, work: Path, config: DeidConfig) -> tuple[Path, DeidReport]:
+    """De-identify ``src`` (DICOM file, folder or zip) into ``work/dicom``; returns that folder
+    and the report, whose sources are the input files (``archive!member`` for a zip)."""
+    from lesionlens.dicom.io import is_zip
+    from lesionlens.privacy.deid_files import REPORT_NAME, deidentify_path
+
+    if not src.exists():
+        raise UnsupportedInputError("no such file or folder", path=src, code="not-found")
+    dicom = work / "dicom"
+    if not is_zip(src):
+        report = deidentify_path(src, dicom, config)
+        (dicom / REPORT_NAME).unlink(missing_ok=True)  # names input files; the report is returned
+        return dicom, report
+    staged = work / "unzipped"
+    names = _stage_zip(src, staged)
+    try:
+        report = deidentify_path(staged, dicom, config)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+        (dicom / REPORT_NAME).unlink(missing_ok=True)
+    report.written = [(names.get(s, s), o) for s, o in report.written]
+    report.quarantined = [(names.get(s, s), r) for s, r in report.quarantined]
+    report.failed = [(names.get(s, s), c, e) for s, c, e in report.failed]
+    return dicom, report
+
+
+def deid_counts(report: DeidReport, ignore: frozenset[str] = frozenset()) -> dict[str, int]:
+    """``written``, ``quarantined``, ``failed`` (DICOM that could not be de-identified) and
+    ``not_dicom`` (other files, never copied); sources in ``ignore`` are left out."""
+    failed = [f for f in report.failed if f[0] not in ignore]
+    return {
+        "written": len(report.written),
+        "quarantined": len(report.quarantined),
+        "failed": sum(1 for f in failed if f[1] != "not-dicom"),
+        "not_dicom": sum(1 for f in failed if f[1] == "not-dicom"),
+    }
+
+
+def print_deid_report(report: DeidReport, ignore: frozenset[str] = frozenset()) -> bool:
+    """Print the de-identification counts; name every quarantined and failed file on stderr.
+    Returns True when no DICOM file was held back (quarantined or failed)."""
+    counts = deid_counts(report, ignore)
+    console.print(
+        f"de-identified: {counts['written']} file(s) written, {counts['quarantined']} quarantined, "
+        f"{counts['failed']} failed; {counts['not_dicom']} non-DICOM file(s) not copied",
+        highlight=False, soft_wrap=True,
+    )
+    for source, reason in report.quarantined:
+        err_console.print(f"  quarantined (not used) {source}: {reason}", highlight=False, markup=False, soft_wrap=True)
+    for source, code, error in report.failed:
+        if code != "not-dicom" and source not in ignore:
+            err_console.print(f"  failed (not used) {source}: {error} [{code}]", highlight=False, markup=False, soft_wrap=True)
+    return not counts["quarantined"] and not counts["failed"]
 
 
 def convert(
@@ -199,10 +352,24 @@ def convert(
         help="PNG window: lung, mediastinum, bone, brain, soft-tissue, as-stored, or WL,WW (e.g. -600,1500).",
     ),
     bits: int = typer.Option(8, "--bits", help="PNG grey depth: 8 or 16."),
+    deid: bool = typer.Option(False, "--deid", help="de-identify the input first (PS3.15 basic profile)"),
+    deid_option: list[str] | None = typer.Option(None, "--deid-option", help="a PS3.15 option for --deid (repeatable)"),
+    key_file: Path | None = typer.Option(None, "--key-file", help="de-identification key file (with --deid)"),
 ) -> None:
     """Convert DICOM images to PNG (windowed) or NIfTI (physical values), with a manifest."""
+    deid_report: DeidReport | None = None
     with error_boundary():
-        report = run_convert(path, out, to.value, window, bits)
+        config = deid_config(deid, deid_option, key_file)
+        if config is None:
+            report = run_convert(path, out, to.value, window, bits)
+        else:
+            if not path.exists():
+                raise UnsupportedInputError("no such file or folder", path=path, code="not-found")
+            _check_options(window, bits)
+            with deid_workspace(out) as work:
+                dicom, deid_report = deidentify_input(path, work, config)
+                report = run_convert(dicom, out, to.value, window, bits, deid=deid_report)
+    deid_ok = print_deid_report(deid_report) if deid_report is not None else True
     console.print(f"wrote {len(report.outputs)} {to.value} file(s) to {out} (manifest.json)", highlight=False)
     if report.skipped:
         console.print(f"skipped {len(report.skipped)} non-image file(s)", highlight=False)
@@ -210,6 +377,7 @@ def convert(
         err_console.print(f"[bold red]{len(report.errors)} file(s) not converted:[/]", highlight=False)
         for p in report.errors:
             err_console.print(f"  {p.path}: {p.message} [{p.code}]", highlight=False, soft_wrap=True, markup=False)
+    if report.errors or not deid_ok:
         raise typer.Exit(EXIT_PARTIAL)
 
 

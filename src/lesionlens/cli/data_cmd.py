@@ -2,6 +2,10 @@
 
 Thin on purpose: every command parses its options, calls one function of :mod:`lesionlens.data`
 or :mod:`lesionlens.synth`, and prints the result. Errors pass through the CLI error boundary.
+
+``data convert --from dicom --to yolo --deid`` de-identifies the DICOM input into a private work
+folder first (removed at the end, also on error), rewrites each ``truth.json`` to the keyed UIDs
+and pseudonymous Patient ID beside its de-identified series, and builds the set from that copy.
 """
 
 from __future__ import annotations
@@ -10,17 +14,21 @@ import json
 import shutil
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from lesionlens.cli._common import console, error_boundary, progress
-from lesionlens.errors import ConfigError, OutputError, UnsupportedInputError
+from lesionlens.cli._common import console, err_console, error_boundary, progress
+from lesionlens.errors import ConfigError, DataFormatError, OutputError, UnsupportedInputError
 
 if TYPE_CHECKING:
     from lesionlens.data.annotations import DetectionDataset
     from lesionlens.data.trainset import TrainSetConfig, TrainSetSummary
+    from lesionlens.privacy.deid_files import DeidReport
+    from lesionlens.privacy.deid_options import DeidConfig
+
+EXIT_PARTIAL = 1
 
 data_app = typer.Typer(
     name="data",
@@ -154,6 +162,85 @@ def _print_build_summary(summary: TrainSetSummary) -> None:
     console.print(f"fingerprint: {summary.fingerprint}")
 
 
+#: The nodule fields a de-identified truth keeps (geometry and appearance only; see
+#: :func:`lesionlens.synth.truth.study_truth_from_dict`). Everything else of the truth document
+#: (patient name, generator, scanner, ...) is dropped.
+_TRUTH_NODULE_KEYS = (
+    "id", "type", "center_lps_mm", "diameter_mm", "axes_mm", "axis_directions_lps", "extent_lps_mm",
+    "lobulated", "juxtapleural", "juxtavascular", "hu", "core_hu", "core_diameter_mm", "excluded",
+)
+
+
+def _header(path: Path, *keywords: str) -> dict[str, str]:
+    """Some header values of one DICOM file ("" when missing or unreadable)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=list(keywords))
+    except Exception:
+        return dict.fromkeys(keywords, "")
+    return {k: str(ds.get(k, "") or "").strip() for k in keywords}
+
+
+def _deid_dicom_source(src: Path, work: Path, config: DeidConfig) -> tuple[Path, DeidReport, frozenset[str], list[str]]:
+    """De-identify the DICOM studies under ``src`` into ``work`` and put a de-identified
+    ``truth.json`` beside each truth's de-identified series.
+
+    The truth's series is found among the written files of the truth's folder by its original
+    Series Instance UID; the new truth takes the written Study/Series Instance UIDs, the keyed
+    pseudonym of its Patient ID (so the patient split still groups a patient's series) and the
+    lesion geometry only. Returns (the de-identified folder, the report, the truth files of
+    ``src`` (expected non-DICOM), warnings for truths left out because none of their series'
+    files was written).
+    """
+    from lesionlens.cli.convert_cmd import deidentify_input
+    from lesionlens.data.formats.dicom_truth import read_truth_folder
+    from lesionlens.synth.truth import SCHEMA, read_truth_document, write_truth
+
+    found = read_truth_folder(src)  # validates every truth file before any work
+    truths = list(zip([f for f in found.truth_files if f.name == "truth.json"], found.studies, strict=True))
+    if not truths:
+        raise DataFormatError("no CT series with truth (truth.json) found", path=src)
+    dicom, report = deidentify_input(src, work, config)
+    truth_files = frozenset(str(f) for f in found.truth_files)
+    held_back = [Path(s) for s, _ in report.quarantined] + [Path(s) for s, c, _ in report.failed if c != "not-dicom"]
+    written = [(Path(s), Path(o)) for s, o in report.written]
+    warnings: list[str] = []
+    placed: dict[Path, Path] = {}
+    for truth_path, truth in truths:
+        folder = truth_path.parent
+        target: Path | None = None
+        for source, output in written:
+            if folder in source.parents and _header(source, "SeriesInstanceUID")["SeriesInstanceUID"] == truth.series_instance_uid:
+                target = output
+                break
+        if target is None:
+            if any(folder in h.parents for h in held_back):
+                warnings.append(f"{truth_path}: left out, no file of its series could be de-identified")
+                continue
+            raise DataFormatError(
+                f"series {truth.series_instance_uid} named by the truth was not found under {folder}", path=truth_path
+            )
+        if target.parent in placed:
+            raise DataFormatError(f"the same series as {placed[target.parent]}", path=truth_path)
+        placed[target.parent] = truth_path
+        new = _header(target, "StudyInstanceUID", "SeriesInstanceUID")
+        doc: dict[str, Any] = read_truth_document(truth_path)
+        write_truth(
+            {
+                "schema": SCHEMA,
+                "patient_id": config.key.pseudonym(truth.patient_id) if truth.patient_id else new["SeriesInstanceUID"],
+                "study_instance_uid": new["StudyInstanceUID"],
+                "series_instance_uid": new["SeriesInstanceUID"],
+                "nodules": [{k: n[k] for k in _TRUTH_NODULE_KEYS if k in n} for n in doc.get("nodules") or []],
+            },
+            target.parent,
+        )
+    if not placed:
+        raise DataFormatError("no CT series with truth could be de-identified (see the files listed above)", path=src)
+    return dicom, report, truth_files, warnings
+
+
 @data_app.command("convert")
 def convert(
     src: Path = typer.Argument(..., help="Input: folder (dicom, yolo, luna16) or JSON file (coco, json)."),
@@ -166,56 +253,88 @@ def convert(
     image_format: str = typer.Option("npy-hu", "--image-format", help="dicom/luna16 → yolo: npy-hu or png16."),
     negative_ratio: float = typer.Option(1.0, "--negative-ratio", help="dicom/luna16 → yolo: negatives per positive."),
     min_box_px: float = typer.Option(2.0, "--min-box-px", help="dicom/luna16 → yolo: smallest box kept (px)."),
+    deid: bool = typer.Option(False, "--deid", help="de-identify the DICOM input first (PS3.15 basic profile)"),
+    deid_option: list[str] | None = typer.Option(None, "--deid-option", help="a PS3.15 option for --deid (repeatable)"),
+    key_file: Path | None = typer.Option(None, "--key-file", help="de-identification key file (with --deid)"),
 ) -> None:
     """Convert annotations between formats; --from dicom|luna16 --to yolo builds a 2D/2.5D CT training set."""
+    deid_ok = True
     with error_boundary():
+        from lesionlens.cli.convert_cmd import deid_config, deid_workspace, print_deid_report
+
+        deid_cfg = deid_config(deid, deid_option, key_file)
+        if deid_cfg is not None and from_ is not FromFormat.dicom:
+            raise ConfigError(f"--deid de-identifies DICOM input: use it with --from dicom, not --from {from_.value}")
         if from_ in (FromFormat.dicom, FromFormat.luna16):
             if to is not ToFormat.yolo:
                 raise UnsupportedInputError(f"--from {from_.value} (3D CT truth) converts only --to yolo (a 2D/2.5D training set)")
             from lesionlens.data.trainset import build_training_set, luna16_cases
 
             cfg = _trainset_config(ratios, seed, context_mm, image_format, negative_ratio, min_box_px)
-            sources = luna16_cases(src) if from_ is FromFormat.luna16 else [src]
-            with progress() as bar:
-                task = bar.add_task("reading series", total=None)
 
-                def tick(done: int, total: int, what: str) -> None:
-                    bar.update(task, completed=done, total=total, description=what[-40:])
+            def build(sources: list[Any]) -> TrainSetSummary:
+                with progress() as bar:
+                    task = bar.add_task("reading series", total=None)
 
-                _, summary = build_training_set(sources, out, cfg, progress=tick)
-            _print_build_summary(summary)
-            return
-        if from_.value == to.value:
-            raise UnsupportedInputError(f"--from and --to are both {to.value}: nothing to convert")
-        if from_ is FromFormat.yolo:
-            from lesionlens.data.formats.yolo import read_yolo
+                    def tick(done: int, total: int, what: str) -> None:
+                        bar.update(task, completed=done, total=total, description=what[-40:])
 
-            yaml_path = src / "dataset.yaml" if src.is_dir() else src
-            ds = read_yolo(yaml_path)
-            import yaml as _yaml
+                    return build_training_set(sources, out, cfg, progress=tick).summary
 
-            base = Path(str((_yaml.safe_load(yaml_path.read_text()) or {}).get("path") or "."))
-            src_root = base if base.is_absolute() else yaml_path.parent / base
-        else:
-            if from_ is FromFormat.coco:
-                from lesionlens.data.formats.coco import read_coco as reader
+            if deid_cfg is None:
+                summary = build(luna16_cases(src) if from_ is FromFormat.luna16 else [src])
             else:
-                from lesionlens.data.formats.studies_json import read_studies_json as reader
-            ds = reader(src)
-            src_root = src.parent
-        if to is ToFormat.yolo:
-            from lesionlens.data.formats.yolo import write_yolo
-
-            write_yolo(ds, out, image_root=src_root)
+                if not src.is_dir():
+                    raise DataFormatError("not a folder", path=src)
+                with deid_workspace(out) as work:
+                    dicom, report, truth_files, warnings = _deid_dicom_source(src, work, deid_cfg)
+                    deid_ok = print_deid_report(report, ignore=truth_files)
+                    for line in warnings:
+                        err_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+                    summary = build([dicom])
+                deid_ok = deid_ok and not warnings
+            _print_build_summary(summary)
         else:
-            from lesionlens.data.formats.coco import write_coco
+            _convert_2d(src, from_, to, out)
+    if not deid_ok:
+        err_console.print("[bold yellow]some DICOM files were held back from the de-identified set (listed above)[/]",
+                          highlight=False)
+        raise typer.Exit(EXIT_PARTIAL)
 
-            out.mkdir(parents=True, exist_ok=True)
-            _copy_images(ds, src_root, out)
-            for split in ds.splits:
-                write_coco(ds, out / f"{split}.json", split=split)
-        n_img, n_box = len(ds.all_images()), sum(len(im.boxes) for im in ds.all_images())
-        console.print(f"converted {n_img} images, {n_box} boxes ({from_.value} → {to.value}) into {out}")
+
+def _convert_2d(src: Path, from_: FromFormat, to: ToFormat, out: Path) -> None:
+    """2D annotation formats (yolo, coco, studies json) into yolo or coco."""
+    if from_.value == to.value:
+        raise UnsupportedInputError(f"--from and --to are both {to.value}: nothing to convert")
+    if from_ is FromFormat.yolo:
+        from lesionlens.data.formats.yolo import read_yolo
+
+        yaml_path = src / "dataset.yaml" if src.is_dir() else src
+        ds = read_yolo(yaml_path)
+        import yaml as _yaml
+
+        base = Path(str((_yaml.safe_load(yaml_path.read_text()) or {}).get("path") or "."))
+        src_root = base if base.is_absolute() else yaml_path.parent / base
+    else:
+        if from_ is FromFormat.coco:
+            from lesionlens.data.formats.coco import read_coco as reader
+        else:
+            from lesionlens.data.formats.studies_json import read_studies_json as reader
+        ds = reader(src)
+        src_root = src.parent
+    if to is ToFormat.yolo:
+        from lesionlens.data.formats.yolo import write_yolo
+
+        write_yolo(ds, out, image_root=src_root)
+    else:
+        from lesionlens.data.formats.coco import write_coco
+
+        out.mkdir(parents=True, exist_ok=True)
+        _copy_images(ds, src_root, out)
+        for split in ds.splits:
+            write_coco(ds, out / f"{split}.json", split=split)
+    n_img, n_box = len(ds.all_images()), sum(len(im.boxes) for im in ds.all_images())
+    console.print(f"converted {n_img} images, {n_box} boxes ({from_.value} → {to.value}) into {out}")
 
 
 @data_app.command("split")
