@@ -61,6 +61,12 @@ class ServiceAudit:
         self.log.export(user, study_uid, client_ip(request) or "http", source_ip=client_ip(request),
                         description=f"{what} (de-identified)")
 
+    def predicted(self, request: Any, user: str, study_uid: str | None, kind: str) -> None:
+        """An image uploaded to /v1/predict (patient data processed, nothing stored): 110107
+        Import with the study's UID (DICOM) or the image format."""
+        self.log.ingest(user, study_uid or "-", source=client_ip(request) or "http",
+                        description=f"/v1/predict {kind} image (not stored)")
+
     def uploaded(self, request: Any, user: str, study_uids: Iterable[str]) -> None:
         for uid in study_uids:
             self.log.ingest(user, uid, source=client_ip(request) or "http")

@@ -60,6 +60,7 @@ class Settings(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     predict_threads: int | None = Field(None, ge=1)
+    max_predict_inflight: int = Field(32, ge=1, description="/v1/predict requests running or waiting; more get 503")
 
     @field_validator("ae_title")
     @classmethod

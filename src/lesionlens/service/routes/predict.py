@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from lesionlens.errors import ConfigError, LesionLensError
 from lesionlens.service.auth import SUBMIT, require
+from lesionlens.service.jobs import QueueFullError
 from lesionlens.service.routes.common import BadUploadError, read_bounded, runtime
 from lesionlens.service.runtime import Runtime, ServingModel
 
@@ -36,7 +38,15 @@ def sniff(data: bytes) -> str:
 
 
 def decode_upload(data: bytes, kind: str, tmp_dir: Path) -> Any:
-    """Bytes → a :class:`lesionlens.dicom.types.Volume` (the file is staged under ``tmp_dir``)."""
+    """Bytes → a :class:`lesionlens.dicom.types.Volume`. The file is staged in a private RAM
+    folder (``tmp_dir`` where there is no /dev/shm) that is removed at once."""
+    from lesionlens.service.atrest import ram_workdir
+
+    with ram_workdir("lesionlens-predict-", tmp_dir) as work:  # plaintext stays in RAM, removed after
+        return _decode_staged(data, kind, work)
+
+
+def _decode_staged(data: bytes, kind: str, tmp_dir: Path) -> Any:
     from lesionlens.dicom.formats import read_image
     from lesionlens.dicom.study import read_study
 
@@ -76,8 +86,10 @@ def to_model_input(volume: Any, kind: str, model: ServingModel) -> Any:
     return volume
 
 
-def predict_bytes(rt: Runtime, data: bytes, conf: float, iou: float) -> dict[str, Any]:
-    """The whole request: decode, run on the model held for this request, filter, describe."""
+def predict_bytes(rt: Runtime, data: bytes, conf: float, iou: float,
+                  audit: Callable[[str | None, str], None] | None = None) -> dict[str, Any]:
+    """The whole request: decode, run on the model held for this request, filter, describe.
+    ``audit(study_uid, kind)`` is called once the image decoded, before it is analysed."""
     from lesionlens.engine.predict import class_name
     from lesionlens.models.postprocess import nms
 
@@ -89,6 +101,8 @@ def predict_bytes(rt: Runtime, data: bytes, conf: float, iou: float) -> dict[str
     t0 = time.perf_counter()
     volume = decode_upload(data, kind, rt.tmp_dir)
     decode_s = time.perf_counter() - t0
+    if audit is not None:
+        audit(getattr(volume, "study_instance_uid", None) if kind == "dicom" else None, kind)
     with rt.active.use() as handle:
         model = handle.model
         volume = to_model_input(volume, kind, model)
@@ -121,5 +135,18 @@ async def predict(request: Request, image: UploadFile = File(..., description="P
     from starlette.concurrency import run_in_threadpool
 
     rt = runtime(request)
-    data = await read_bounded(image, rt.settings.max_upload_bytes)
-    return await run_in_threadpool(predict_bytes, rt, data, conf, iou)
+    state = request.app.state
+    inflight = getattr(state, "predict_inflight", 0)
+    if inflight >= rt.settings.max_predict_inflight:
+        raise QueueFullError(f"{inflight} /v1/predict requests are already running or waiting "
+                             f"(max_predict_inflight={rt.settings.max_predict_inflight}); retry later")
+    state.predict_inflight = inflight + 1  # admission is decided on the event loop: no race
+    try:
+        data = await read_bounded(image, rt.settings.max_upload_bytes)
+
+        def audit(study_uid: str | None, kind: str) -> None:
+            rt.audit.predicted(request, _who.name, study_uid, kind)
+
+        return await run_in_threadpool(predict_bytes, rt, data, conf, iou, audit)
+    finally:
+        state.predict_inflight -= 1
