@@ -96,14 +96,9 @@ def _process(
             raise ConfigError("give exactly one of --from AET@HOST:PORT and --from-dicomweb URL")
         if method not in ("get", "move"):
             raise ConfigError(f"--method must be get or move, got {method!r}")
-        deid_cfg = None
-        if deid:
-            from lesionlens.privacy.deid_options import DeidConfig
-            from lesionlens.privacy.uidmap import resolve_key
+        from lesionlens.cli.convert_cmd import deid_config
 
-            deid_cfg = DeidConfig.build(resolve_key(key_file), list(deid_option or []))
-        elif deid_option or key_file:
-            raise ConfigError("--deid-option and --key-file only apply with --deid")
+        deid_cfg = deid_config(deid, deid_option, key_file)
         store_back: list[str] | None = [] if no_store else (list(store_to) if store_to else None)
         req = PullRequest(study_uid=study_uid, source=str(source or source_web), out_dir=out, method=method,  # type: ignore[arg-type]
                           ae_title=ae_title, move_port=move_port, store_back=store_back, model=model,
