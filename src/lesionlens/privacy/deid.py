@@ -18,6 +18,9 @@ Action semantics (documented in docs/privacy-deid.md):
   ``Z/D``, ``X/D``, ``X/Z/D`` → ``D``, or ``Z`` when the value is already empty; ``X/Z/U*`` → the
   sequence kept and cleaned): without the IOD's attribute types this is the choice that keeps
   every object conformant, and it carries no identifying value.
+* ``X`` on an attribute that is Type 1 in every module that has it (Presentation Creation
+  Date/Time of the presentation states: :data:`_TYPE1_WHEREVER_PRESENT`) → ``D`` instead, so a
+  de-identified GSPS stays conformant.
 * ``C`` dates: shifted by the patient's keyed shift (times kept); text: :func:`clean_text`;
   sequences: cleaned inside; anything else: removed.
 * Attributes not in the table are kept; private attributes are removed (Retain Safe Private keeps
@@ -58,6 +61,9 @@ SECONDARY_CAPTURE_CLASSES = frozenset(
 _IDENTITY_CODE_SEQUENCES = {0x00401101, 0x00080082}  # Person Identification / Institution Code Seq.
 _STRUCTURED_CONTENT = {0x0040A730, 0x00400555}  # Content Sequence, Acquisition Context Sequence
 _TEXT_VALUE = 0x0040A160
+#: ``X`` in Table E.1-1 but Type 1 wherever present (Presentation State Identification module):
+#: given a dummy instead of removed.
+_TYPE1_WHEREVER_PRESENT = {0x00700082, 0x00700083}  # Presentation Creation Date, Time
 _PATIENT_ID, _PATIENT_NAME = 0x00100020, 0x00100010
 _TEXT_VRS = {"SH", "LO", "ST", "LT", "UT", "UC", "PN", "CS", "AE"}
 _DUMMY_TEXT = "ANONYMIZED"
@@ -193,6 +199,8 @@ class Deidentifier:
                     self._recurse(ds[tag], ctx)
                 continue
             action = row.action(self.config.options)
+            if action == "X" and int(tag) in _TYPE1_WHEREVER_PRESENT:
+                action = "D"
             if action == "X":
                 del ds[tag]
                 continue

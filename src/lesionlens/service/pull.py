@@ -7,7 +7,8 @@
    :class:`StudyNotFoundError` before anything is retrieved;
 2. **retrieve** — C-GET (or C-MOVE to a listener we start for the call) / WADO-RS, each instance
    written durably into ``work_dir/received`` (:class:`~lesionlens.net.storage.InstanceStore`);
-3. optionally **de-identify** the retrieved instances (research pulls; ``deid`` config);
+3. optionally **de-identify** the retrieved instances (research pulls; ``deid`` config), then
+   delete the identified copies (``work_dir/received``) so none stays next to the results;
 4. **detect** — the study pipeline (:class:`~lesionlens.pipeline.detect.Detector`) and every
    output (:func:`~lesionlens.reports.bundle.write_outputs`) into ``out_dir``;
 5. **store back** — the SR/SEG/GSPS to each destination (C-STORE for ``AET@HOST:PORT``,
@@ -20,6 +21,7 @@ reported (``delivered`` per destination) — the outputs stay in ``out_dir`` for
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -188,7 +190,14 @@ def process_from_pacs(req: PullRequest, *, sender: Sender | None = None,
 
         deid_dir = work / "deidentified"
         dreport = deidentify_path(received, deid_dir, req.deid)
+        shutil.rmtree(received, ignore_errors=True)  # the identified copies are not kept
+        # its per-file list names the identified inputs: only the counts are kept
+        (deid_dir / "deid-report.json").unlink(missing_ok=True)
         report.deid = dreport.to_json()["counts"]
+        from lesionlens.privacy.deid_table import DeidOption
+
+        if not req.deid.has(DeidOption.RETAIN_UIDS):  # the report lies beside the results
+            report.study_uid = req.deid.key.map_uid(req.study_uid)
         inputs = deid_dir
         lap("deid")
     if detector is None:
