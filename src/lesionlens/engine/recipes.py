@@ -257,7 +257,7 @@ DEFAULT_STAGES: tuple[DefaultRecipe, ...] = (
     DefaultRecipe(),
     DefaultRecipe(train_studies=72, val_studies=4, epochs=36, steps_per_epoch=90, val_every=6, lr=2e-3,
                   model="@previous"),
-    DefaultRecipe(train_studies=100, val_studies=4, epochs=50, steps_per_epoch=120, val_every=10, lr=1.5e-3,
+    DefaultRecipe(train_studies=100, val_studies=4, epochs=36, steps_per_epoch=120, val_every=6, lr=1.5e-3,
                   small_boost=2.0, model="@previous"),
 )
 

@@ -87,10 +87,12 @@ class Detector:
         return self.meta.input.kind == "ct-hu"
 
     def selection_rules(self) -> SelectionRules:
-        """The lung model takes CT volumes only; 2D models take projection images."""
+        """The lung model takes CT volumes only; 2D models take projection images — DERIVED ones
+        too: For-Presentation DX/MG images are processed and usually say ``DERIVED\\PRIMARY``."""
         if self.is_ct_model:
             return SelectionRules(modalities=("CT",))
-        return SelectionRules(modalities=("DX", "CR", "MG", "DR", "RF", "OT", "SC"), allow_secondary=True)
+        return SelectionRules(modalities=("DX", "CR", "MG", "DR", "RF", "OT", "SC"), allow_secondary=True,
+                              allow_derived=True)
 
     # ------------------------------------------------------------------------------------
     def detect(self, inputs: str | Path | list[str | Path]) -> list[StudyResult]:
@@ -216,6 +218,9 @@ class Detector:
                 les.diameter_mm = les.measurements.mean_diameter_mm
                 lesions.append(les)
         lesions.sort(key=lambda x: -x.confidence)
+        if len(lesions) > self.config.max_candidates:
+            out.warnings.append(f"{len(lesions) - self.config.max_candidates} low-confidence candidates were not "
+                                f"reported (max_candidates={self.config.max_candidates})")
         self._split(out, lesions[: self.config.max_candidates], volume)
         out.timings["measure"] = time.perf_counter() - t0
         return out
