@@ -295,3 +295,27 @@ def test_mg_sr_gsps_and_report(mg_run: dict) -> None:
     _check_sr(out / st["outputs"]["sr"], findings, mg_run["sop"])
     _check_gsps(out / st["outputs"]["gsps"], findings, mg_run["sop"])
     _check_html(out / st["outputs"]["report_html"], findings)
+
+
+def test_a_monochrome1_radiograph_is_seen_as_displayed(model: Path, tmp_path: Path) -> None:
+    """The same radiograph stored MONOCHROME1 (stored = max − value) gives the same detections as
+    its MONOCHROME2 original: the model sees what the reader sees, not the stored numbers."""
+    from lesionlens.dicom.study import read_study
+    from lesionlens.engine.predict import PredictConfig, Predictor
+
+    path, ph, _ = _dx_file(tmp_path / "m2", 3, "ImagerPixelSpacing")
+    ds = pydicom.dcmread(path)
+    px = ds.pixel_array.astype(np.int32)
+    ds.PixelData = (int(px.max()) - px).astype(ds.pixel_array.dtype).tobytes()
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    (tmp_path / "m1").mkdir()
+    ds.save_as(tmp_path / "m1" / "m1.dcm")
+    pred = Predictor(model, backend="torch", threads=1, config=PredictConfig(conf=CONF))
+    rules = Detector(model, backend="torch", threads=1).selection_rules()
+    (v2,) = read_study(str(path), rules=rules, workers=1).volumes
+    (v1,) = read_study(str(tmp_path / "m1" / "m1.dcm"), rules=rules, workers=1).volumes
+    assert v1.display.invert and not v2.display.invert
+    d2, d1 = pred.predict_image(v2).images[0], pred.predict_image(v1).images[0]
+    assert len(d2.boxes) >= 1 and len(d1.boxes) == len(d2.boxes)
+    np.testing.assert_allclose(d1.boxes, d2.boxes, atol=0.05)
+    np.testing.assert_allclose(d1.scores, d2.scores, atol=1e-4)

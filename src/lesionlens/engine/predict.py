@@ -160,13 +160,17 @@ class Predictor:
 
     # ------------------------------------------------------------------------------ 2D
     def predict_image(self, volume: Volume) -> SeriesPrediction:
-        """2D image(s) of a volume (each frame separately); large frames are tiled."""
+        """2D image(s) of a volume (each frame separately); large frames are tiled.
+
+        For image (non-CT) models a MONOCHROME1 image is negated first, so the model sees it as it
+        is displayed (dense = bright), as it saw its MONOCHROME2 training images."""
         timings: dict[str, float] = defaultdict(float)
         spec = self.meta.input
+        sign = -1.0 if spec.kind != "ct-hu" and volume.display.invert else 1.0
         images: list[Detections] = []
         for k in range(volume.pixels.shape[0]):
             t0 = time.perf_counter()
-            img = np.repeat(volume.pixels[k][None], spec.channels, 0).astype(np.float32)
+            img = np.repeat(sign * volume.pixels[k][None].astype(np.float32), spec.channels, 0)
             x = normalize(img, spec)
             timings["preprocess"] += time.perf_counter() - t0
             images.append(self._tiled(x, timings))
