@@ -27,7 +27,7 @@ import numpy as np
 
 from lesionlens.dicom.types import Volume
 from lesionlens.errors import ConfigError
-from lesionlens.pipeline.measure import elongation
+from lesionlens.pipeline.morphology import elongation
 from lesionlens.pipeline.types import FilterDecision, Lesion
 
 FILTERS = ("lung", "size", "vessel", "track")

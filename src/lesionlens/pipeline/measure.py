@@ -30,11 +30,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.spatial import ConvexHull, QhullError
 
 from lesionlens.dicom.types import Volume
 from lesionlens.errors import ConfigError, UnsupportedInputError
 from lesionlens.pipeline.lung import LungInfo, close_slices_mm
+from lesionlens.pipeline.morphology import axes, component_at, elongation, open_mm, split_at_neck
 from lesionlens.pipeline.types import (
     AxisLine,
     Lesion,
@@ -99,62 +99,6 @@ class MeasureConfig:
             raise ConfigError("measure: smooth_mm must be >= 0 and min_contrast_hu > 0")
 
 
-# ------------------------------------------------------------------------------ axes (2D)
-def _axes(mask2d: np.ndarray, k: int, dy: float, dx: float, r0: int = 0, c0: int = 0) -> tuple[AxisLine, AxisLine]:
-    """Long axis (longest chord) and short axis (longest chord perpendicular to it, in mm) of a
-    (h, w) bool mask whose pixel (0, 0) is image pixel (r0, c0); end points in image pixels."""
-    rr, cc = np.nonzero(mask2d)
-    pts = np.stack([(cc + c0 + 0.5) * dx, (rr + r0 + 0.5) * dy], axis=1)  # (N, 2) mm (x, y)
-    cand = pts
-    if len(pts) >= 4:
-        try:
-            cand = pts[ConvexHull(pts).vertices]
-        except QhullError:  # collinear pixels
-            cand = pts
-    d2 = ((cand[:, None, :] - cand[None, :, :]) ** 2).sum(-1)
-    i, j = np.unravel_index(int(np.argmax(d2)), d2.shape)
-    a, b = cand[i], cand[j]
-    if d2[i, j] == 0:
-        u = np.array([1.0, 0.0])
-    else:
-        u = (b - a) / np.sqrt(d2[i, j])
-        if u[0] < 0 or (u[0] == 0 and u[1] < 0):
-            a, b, u = b, a, -u
-    v = np.array([-u[1], u[0]])
-
-    def half(w: np.ndarray) -> float:  # half the projected width of one pixel along w
-        return 0.5 * (abs(w[0]) * dx + abs(w[1]) * dy)
-
-    hu_, hv = half(u), half(v)
-    a, b = a - hu_ * u, b + hu_ * u
-    s, t = pts @ u, pts @ v
-    bins = np.rint(s / min(dx, dy)).astype(np.int64)
-    order = np.argsort(bins, kind="stable")
-    bs, ts, ss = bins[order], t[order], s[order]
-    starts = np.flatnonzero(np.r_[True, bs[1:] != bs[:-1]])
-    tmin, tmax = np.minimum.reduceat(ts, starts), np.maximum.reduceat(ts, starts)
-    smean = np.add.reduceat(ss, starts) / np.diff(np.r_[starts, len(ss)])
-    m = int(np.argmax(tmax - tmin))
-    p = smean[m] * u
-    sa, sb = p + (tmin[m] - hv) * v, p + (tmax[m] + hv) * v
-
-    def line(p1: np.ndarray, p2: np.ndarray) -> AxisLine:
-        return AxisLine(k, (float(p1[0] / dx), float(p1[1] / dy)), (float(p2[0] / dx), float(p2[1] / dy)),
-                        float(np.linalg.norm(p2 - p1)))
-
-    return line(a, b), line(sa, sb)
-
-
-# ------------------------------------------------------------------------------ helpers
-def _open_mm(mask: np.ndarray, radius_mm: float, sp: np.ndarray) -> np.ndarray:
-    """Opening of a (k, r, c) bool mask with a Euclidean ball of ``radius_mm`` on a grid of
-    spacing ``sp`` (exact, via distance transforms; the array border does not erode)."""
-    core = ndi.distance_transform_edt(mask, sampling=sp) > radius_mm
-    if not core.any():
-        return core
-    return (ndi.distance_transform_edt(~core, sampling=sp) <= radius_mm) & mask  # type: ignore[no-any-return]
-
-
 def _centre_index(volume: Volume, lesion: Lesion) -> np.ndarray:
     """(3,) fractional (k, r, c) of the lesion centre."""
     if lesion.center_mm is not None:
@@ -178,26 +122,13 @@ def _extent(lesion: Lesion, sp: np.ndarray, cap_mm: float) -> np.ndarray:
     return np.minimum(np.array([a_k, a_r, a_c]), cap_mm)
 
 
-def _component_at(mask: np.ndarray, dist: np.ndarray, near_mm: float) -> np.ndarray:
-    """The connected component of ``mask`` at the centre (the one with the voxel nearest the
-    centre within ``near_mm``); all False when none."""
-    lab, n = ndi.label(mask)
-    if n == 0:
-        return np.zeros_like(mask)
-    d = np.where(lab > 0, dist, np.inf)
-    i = int(np.argmin(d))
-    if d.flat[i] > near_mm:
-        return np.zeros_like(mask)
-    return lab == lab.flat[i]  # type: ignore[no-any-return]
-
-
 def _fine_axes(mask: np.ndarray, roi: _Roi) -> tuple[AxisLine, AxisLine]:
     """Axes of a fine (k, r, c) mask on its slice of largest area (ties: the middle one), with
     end points in volume pixels."""
     areas = mask.sum(axis=(1, 2))
     best = np.flatnonzero(areas == areas.max())
     kk = int(best[len(best) // 2])
-    la, sa = _axes(mask[kk], int(roi.lo[0]) + kk, float(roi.sp[1]), float(roi.sp[2]))
+    la, sa = axes(mask[kk], int(roi.lo[0]) + kk, float(roi.sp[1]), float(roi.sp[2]))
     f, r0, c0 = roi.f, float(roi.lo[1]), float(roi.lo[2])
 
     def back(a: AxisLine) -> AxisLine:
@@ -279,71 +210,20 @@ def _roi(volume: Volume, centre: np.ndarray, ext: np.ndarray, lung: np.ndarray |
     return _Roi(lo, f, hu, fsp, sm, dist, norm, (norm <= 1.0) & local_lung), bg
 
 
-def _segment(roi: _Roi, thr: float, open_mm: float, near_mm: float, split: bool = True) -> np.ndarray:
+def _segment(roi: _Roi, thr: float, opening_mm: float, near_mm: float, split: bool = True) -> np.ndarray:
     """The lesion component at ``thr`` (fine grid): threshold, fill holes, opening (cuts thinner
     vessels), the component at the centre, back the boundary layer the opening shaved; then
     what reaches the growth limit (a vessel running on) is split off along the narrowest neck."""
     m = ndi.binary_fill_holes((roi.sm > thr) & roi.allowed)
-    if open_mm >= float(min(roi.sp[1], roi.sp[2])):
-        comp = _component_at(_open_mm(m, open_mm, roi.sp), roi.dist, near_mm)
+    if opening_mm >= float(min(roi.sp[1], roi.sp[2])):
+        comp = component_at(open_mm(m, opening_mm, roi.sp), roi.dist, near_mm)
         if comp.any():
             m = m & ndi.binary_dilation(comp)
-    m = _component_at(m, roi.dist, near_mm)
+    m = component_at(m, roi.dist, near_mm)
     far = m & (roi.norm >= 0.95)
     if not split or not far.any():
         return m
-    return _split_at_neck(m, far, roi, near_mm)
-
-
-def _split_at_neck(m: np.ndarray, far: np.ndarray, roi: _Roi, near_mm: float, levels: int = 8) -> np.ndarray:
-    """Watershed of the mask's distance map (flooding by levels from the deepest) between two
-    seeds — the lesion's centre and what reaches the growth limit (a vessel or the wall running
-    on) — so they part where the shape is narrowest. At each level, newly flooded voxels join
-    the nearest seed region of their connected part. Without a neck (the cut as wide as the
-    centre part: a tube) the mask is returned whole."""
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(m))
-    mb, dist = m[box], roi.dist[box]
-    edt = ndi.distance_transform_edt(mb, sampling=roi.sp)
-    centre = mb & (dist <= max(0.3 * near_mm, float(roi.sp.max())))
-    if not centre.any():
-        return m
-    centre &= edt >= 0.5 * float(edt[centre].max())
-    lab = np.zeros(mb.shape, np.int8)
-    lab[far[box]] = 2
-    lab[centre] = 1
-    for t in np.linspace(float(edt.max()), 0.0, levels + 1)[1:]:
-        flooded = mb & (edt >= t) if t > 0 else mb
-        new = flooded & (lab == 0)
-        if not new.any():
-            continue
-        comp, n = ndi.label(flooded)
-        seeded = np.zeros(n + 1, bool)
-        seeded[comp[lab > 0]] = True
-        seeded[0] = False
-        new &= seeded[comp]
-        if new.any():
-            idx = ndi.distance_transform_edt(lab == 0, sampling=roi.sp, return_distances=False, return_indices=True)
-            lab[new] = lab[tuple(i[new] for i in idx)]
-    part = lab == 1
-    cut = part & ndi.binary_dilation(lab == 2)
-    if cut.any() and float(edt[cut].max()) > 0.85 * float(edt[part].max()):
-        return m  # no neck: a tube (a vessel itself) is not cut into pieces
-    out = np.zeros_like(m)
-    out[box] = part
-    return _component_at(out, roi.dist, near_mm)
-
-
-def elongation(mask: np.ndarray, spacing_mm: np.ndarray) -> float:
-    """Ratio of the longest to the shortest principal axis (sqrt of the second-moment
-    eigenvalues, each voxel counted as a uniform box) of a (k, r, c) bool mask, in mm.
-    1 for a sphere, the axis ratio for an ellipsoid, ≈ 0.58 × length / radius for a tube."""
-    idx = np.argwhere(mask).astype(np.float64) * np.asarray(spacing_mm, np.float64)
-    if len(idx) == 0:
-        return 1.0
-    cov = np.cov(idx, rowvar=False, bias=True) if len(idx) > 1 else np.zeros((3, 3))
-    cov = cov + np.diag(np.asarray(spacing_mm, np.float64) ** 2 / 12.0)
-    ev = np.linalg.eigvalsh(cov)
-    return float(np.sqrt(ev[-1] / max(ev[0], 1e-12)))
+    return split_at_neck(m, far, roi.dist, roi.sp, near_mm)
 
 
 def _core(solid: np.ndarray, roi: _Roi, r_exp: float, max_elong: float) -> np.ndarray:
@@ -351,7 +231,7 @@ def _core(solid: np.ndarray, roi: _Roi, r_exp: float, max_elong: float) -> np.nd
     the compact components near the centre (vessels crossing ground glass are tubular)."""
     rho = 0.25 * r_exp
     if rho >= float(min(roi.sp[1], roi.sp[2])):
-        solid = _open_mm(solid, rho, roi.sp)
+        solid = open_mm(solid, rho, roi.sp)
     lab, n = ndi.label(solid)
     out = np.zeros_like(solid)
     for i, box in enumerate(ndi.find_objects(lab), 1):
