@@ -6,6 +6,13 @@ or :mod:`lesionlens.synth`, and prints the result. Errors pass through the CLI e
 ``data convert --from dicom --to yolo --deid`` de-identifies the DICOM input into a private work
 folder first (removed at the end, also on error), rewrites each ``truth.json`` to the keyed UIDs
 and pseudonymous Patient ID beside its de-identified series, and builds the set from that copy.
+
+``--kind`` picks what a DICOM folder holds: ``ct`` (the default; CT series with ``truth.json``,
+:func:`lesionlens.data.trainset.build_training_set`) or ``2d`` (MG/DX/CR images with
+``<name>.truth.json``, :func:`lesionlens.data.trainset_2d.build_training_set_2d`). There is no
+guessing; a CT run on a folder holding only 2D truth files says to use ``--kind 2d``. With
+``--deid`` each 2D truth is rewritten beside its de-identified image (new file name and UIDs,
+pseudonymous Patient ID, boxes/labels/sizes only).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from lesionlens.errors import ConfigError, DataFormatError, OutputError, Unsuppo
 if TYPE_CHECKING:
     from lesionlens.data.annotations import DetectionDataset
     from lesionlens.data.trainset import TrainSetConfig, TrainSetSummary
+    from lesionlens.data.trainset_2d import TrainSet2DSummary
     from lesionlens.privacy.deid_files import DeidReport
     from lesionlens.privacy.deid_options import DeidConfig
 
@@ -59,6 +67,11 @@ class FromFormat(str, Enum):
 class ToFormat(str, Enum):
     yolo = "yolo"
     coco = "coco"
+
+
+class DicomKind(str, Enum):
+    ct = "ct"
+    two_d = "2d"
 
 
 SEED_STRIDE = 1_000_003  # study i of seed S gets S·stride + i: distinct for every (S, i < stride)
@@ -256,8 +269,15 @@ def convert(
     deid: bool = typer.Option(False, "--deid", help="de-identify the DICOM input first (PS3.15 basic profile)"),
     deid_option: list[str] | None = typer.Option(None, "--deid-option", help="a PS3.15 option for --deid (repeatable)"),
     key_file: Path | None = typer.Option(None, "--key-file", help="de-identification key file (with --deid)"),
+    kind: DicomKind = typer.Option(
+        DicomKind.ct, "--kind", help="dicom → yolo: ct (CT series + truth.json) or 2d (MG/DX/CR images + *.truth.json)."
+    ),
+    max_side: int | None = typer.Option(
+        None, "--max-side", help="--kind 2d: shrink images whose longer side exceeds N px (area averaging)."
+    ),
 ) -> None:
-    """Convert annotations between formats; --from dicom|luna16 --to yolo builds a 2D/2.5D CT training set."""
+    """Convert annotations between formats; --from dicom|luna16 --to yolo builds a detection training set
+    (2D/2.5D CT slices, or with --kind 2d 1-channel radiographs/mammograms)."""
     deid_ok = True
     with error_boundary():
         from lesionlens.cli.convert_cmd import deid_config, deid_workspace, print_deid_report
@@ -265,7 +285,13 @@ def convert(
         deid_cfg = deid_config(deid, deid_option, key_file)
         if deid_cfg is not None and from_ is not FromFormat.dicom:
             raise ConfigError(f"--deid de-identifies DICOM input: use it with --from dicom, not --from {from_.value}")
-        if from_ in (FromFormat.dicom, FromFormat.luna16):
+        if kind is DicomKind.two_d or max_side is not None:
+            _check_2d_options(from_, to, kind, max_side, context_mm, image_format, negative_ratio, min_box_px)
+        if kind is DicomKind.two_d:
+            deid_ok = _convert_dicom_2d(src, out, ratios, seed, max_side, deid_cfg)
+        elif from_ in (FromFormat.dicom, FromFormat.luna16):
+            if from_ is FromFormat.dicom:
+                _refuse_2d_only(src)
             if to is not ToFormat.yolo:
                 raise UnsupportedInputError(f"--from {from_.value} (3D CT truth) converts only --to yolo (a 2D/2.5D training set)")
             from lesionlens.data.trainset import build_training_set, luna16_cases
@@ -300,6 +326,126 @@ def convert(
         err_console.print("[bold yellow]some DICOM files were held back from the de-identified set (listed above)[/]",
                           highlight=False)
         raise typer.Exit(EXIT_PARTIAL)
+
+
+# ----------------------------------------------------------------------- dicom --kind 2d
+
+
+def _check_2d_options(
+    from_: FromFormat, to: ToFormat, kind: DicomKind, max_side: int | None,
+    context_mm: str, image_format: str, negative_ratio: float, min_box_px: float,
+) -> None:
+    """Refuse option mixes of ``--kind 2d`` that would be silently ignored."""
+    if kind is not DicomKind.two_d:
+        raise ConfigError("--max-side applies to --kind 2d only")
+    if from_ is not FromFormat.dicom or to is not ToFormat.yolo:
+        raise ConfigError(f"--kind 2d builds a training set from DICOM: use --from dicom --to yolo, not --from {from_.value} --to {to.value}")
+    ct_only = {
+        "--context-mm": context_mm != "-2.5,0,2.5", "--image-format": image_format != "npy-hu",
+        "--negative-ratio": negative_ratio != 1.0, "--min-box-px": min_box_px != 2.0,
+    }
+    given = [k for k, v in ct_only.items() if v]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to --kind ct only (a 2D set keeps every image, 1 channel, npy)")
+
+
+def _refuse_2d_only(src: Path) -> None:
+    """A CT run on a folder with 2D truth files but no ``truth.json``: say to use ``--kind 2d``."""
+    if src.is_dir() and next(src.rglob("truth.json"), None) is None and next(src.rglob("*.truth.json"), None) is not None:
+        raise DataFormatError("no CT series with truth (truth.json) found, only 2D truth files (*.truth.json): "
+                              "use --kind 2d", path=src)
+
+
+def _deid_2d_source(src: Path, work: Path, config: DeidConfig) -> tuple[Path, DeidReport, frozenset[str], list[str]]:
+    """De-identify the 2D images under ``src`` into ``work`` and write each ``*.truth.json`` anew
+    beside its de-identified image: ``image`` = the new file name, the written Study/Series/SOP
+    Instance UIDs and Patient ID, and the lesions' label, box and size only. Returns (the
+    de-identified folder, the report, the truth files of ``src``, warnings for truths left out)."""
+    from lesionlens.cli.convert_cmd import deidentify_input
+    from lesionlens.data.annotations import ImageAnnotation
+    from lesionlens.data.formats.dicom_truth import read_truth_2d, write_truth_2d
+
+    if not src.is_dir():
+        raise DataFormatError("not a folder", path=src)
+    files = sorted(p for p in src.rglob("*.truth.json") if p.is_file())
+    if not files:
+        raise DataFormatError("no 2D truth file (*.truth.json) found", path=src)
+    truths = [(f, *read_truth_2d(f, check_image=False)) for f in files]  # validates all before any work
+    dicom, report = deidentify_input(src, work, config)
+    written = {str(Path(s).resolve()): Path(o) for s, o in report.written}
+    held = {str(Path(s).resolve()) for s, _ in report.quarantined}
+    held |= {str(Path(s).resolve()) for s, c, _ in report.failed if c != "not-dicom"}
+    warnings: list[str] = []
+    for f, ann, names in truths:
+        image = str((f.parent / ann.image).resolve())
+        target = written.get(image)
+        if target is None:
+            why = "could not be de-identified" if image in held else "is not a DICOM file that was written"
+            warnings.append(f"{f}: left out, its image {ann.image} {why}")
+            continue
+        new = _header(target, "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID")
+        sizes = ann.extra.get("sizes_mm") or [None] * len(ann.boxes)
+        clean = ImageAnnotation(
+            image=target.name, width=ann.width, height=ann.height, boxes=ann.boxes, labels=ann.labels,
+            patient_id=new["PatientID"] or (config.key.pseudonym(ann.patient_id) if ann.patient_id else ""),
+            study_instance_uid=new["StudyInstanceUID"], series_instance_uid=new["SeriesInstanceUID"],
+            sop_instance_uid=new["SOPInstanceUID"], extra={"sizes_mm": sizes},
+        )
+        dst = target.with_name(target.stem + ".truth.json")
+        if dst.exists():
+            raise DataFormatError(f"two truths for the de-identified image {target.name}", path=f)
+        write_truth_2d(clean, names, dst)
+    return dicom, report, frozenset(str(f) for f in files), warnings
+
+
+def _print_2d_summary(summary: TrainSet2DSummary) -> None:
+    table = Table(title="training set (2D)")
+    for col in ("split", "patients", "positives", "negatives", "boxes"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for s in ("train", "val", "test"):
+        table.add_row(s, *(str(getattr(summary, f)[s]) for f in ("patients", "positives", "negatives", "boxes")))
+    console.print(table)
+    console.print(f"images: {summary.images} ({summary.downscaled} downscaled)")
+    for path in summary.skipped_no_truth:
+        err_console.print(f"  skipped (no truth file): {path}", highlight=False, markup=False, soft_wrap=True)
+    for path in summary.truth_without_image:
+        err_console.print(f"  truth without its image (not used): {path}", highlight=False, markup=False, soft_wrap=True)
+    for p in summary.problems:
+        err_console.print(f"  {p}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"fingerprint: {summary.fingerprint}")
+
+
+def _convert_dicom_2d(src: Path, out: Path, ratios: str, seed: int, max_side: int | None, deid_cfg: DeidConfig | None) -> bool:
+    """``--from dicom --to yolo --kind 2d`` (optionally ``--deid``); returns False when
+    de-identification held files back."""
+    from lesionlens.cli.convert_cmd import deid_workspace, print_deid_report
+    from lesionlens.data.split import parse_ratios
+    from lesionlens.data.trainset_2d import TrainSet2DConfig, build_training_set_2d
+
+    cfg = TrainSet2DConfig.from_mapping({"ratios": parse_ratios(ratios, "--ratios"), "seed": seed, "max_side": max_side})
+
+    def build(source: Path) -> TrainSet2DSummary:
+        with progress() as bar:
+            task = bar.add_task("reading images", total=None)
+
+            def tick(done: int, total: int, what: str) -> None:
+                bar.update(task, completed=done, total=total, description=what[-40:])
+
+            return build_training_set_2d([source], out, cfg, progress=tick).summary
+
+    ok = True
+    if deid_cfg is None:
+        summary = build(src)
+    else:
+        with deid_workspace(out) as work:
+            dicom, report, truth_files, warnings = _deid_2d_source(src, work, deid_cfg)
+            ok = print_deid_report(report, ignore=truth_files)
+            for line in warnings:
+                err_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+            summary = build(dicom)
+        ok = ok and not warnings
+    _print_2d_summary(summary)
+    return ok
 
 
 def _convert_2d(src: Path, from_: FromFormat, to: ToFormat, out: Path) -> None:
