@@ -203,8 +203,10 @@ def model_card(recipe: DefaultRecipe, m: dict[str, Any], images_per_s: float, da
         else f"| {b['name']} | 0 | - |" for b in m["recall_by_size_at_4fp"])
     ci = m.get("cpm_ci") or [None, None]
     warm = "" if recipe.model in ("n", "s", "m") else (
-        " (stage 2 of the recipe: warm-started from stage 1's best weights; see `DEFAULT_STAGES` "
-        "in `lesionlens/engine/recipes.py`)")
+        f" (stage {len(DEFAULT_STAGES)} of the recipe, warm-started from the previous stage's best weights; "
+        "see `DEFAULT_STAGES` in `lesionlens/engine/recipes.py`)")
+    boost = (f"; images holding a box under 12 px drawn {1 + recipe.small_boost:g}× as often"
+             if recipe.small_boost else "")
     return f"""# Model card — lesionlens-ct-nodule-n (default)
 
 **{NOTICE}**
@@ -224,7 +226,7 @@ per-slice boxes merged into 3D candidates.
 slice spacing {list(recipe.slice_spacings_mm)} mm; nodules 3–30 mm (most 3–10), solid / part-solid /
 ground-glass, juxtapleural and juxtavascular. Training set: {json.dumps(data.get('positives'))} positive and
 {json.dumps(data.get('negatives'))} negative slices per split. Recipe: {recipe.epochs} epochs ×
-{recipe.steps_per_epoch} steps, batch {recipe.batch}, crops {recipe.imgsz} px, lr {recipe.lr};
+{recipe.steps_per_epoch} steps, batch {recipe.batch}, crops {recipe.imgsz} px, lr {recipe.lr}{boost};
 training throughput {images_per_s:.1f} images/s on the machine that trained it.
 
 ## Held-out evaluation
@@ -235,7 +237,7 @@ through the full DICOM ingest path. FROC (LUNA16 rules):
 |---|---|
 {rows}
 
-**CPM {_fmt(m['cpm'])}** (95 % bootstrap CI {ci[0]} – {ci[1]}).
+**CPM {_fmt(m['cpm'])}** (95 % bootstrap CI {_fmt(ci[0])} – {_fmt(ci[1])}).
 
 Recall by nodule size at 4 FP/scan:
 
