@@ -53,6 +53,7 @@ class DefaultRecipe:
     threads: int = 2
     lr: float = 3e-3
     small_boost: float = 0.0  # images with a box under 12 px drawn (1 + boost)x as often
+    copy_paste: float = 0.0  # probability of pasting banked lesions into a crop (data/mix.py)
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -140,7 +141,8 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     cfg = TrainConfig(data=str(dataset_dir / "dataset.yaml"), model=recipe.model, epochs=recipe.epochs,
                       batch=recipe.batch, imgsz=recipe.imgsz, steps_per_epoch=recipe.steps_per_epoch,
                       lr=recipe.lr, seed=recipe.seed, device=device, out=str(work / "run"), patience=recipe.epochs,
-                      val_every=recipe.val_every, threads=recipe.threads, small_boost=recipe.small_boost)
+                      val_every=recipe.val_every, threads=recipe.threads, small_boost=recipe.small_boost,
+                      copy_paste=recipe.copy_paste)
     res = Trainer(cfg, on_epoch_end=[lambda e, r: log(f"epoch {e}: loss {r.get('train_loss'):.3f} "
                                                       f"val AP50 {r.get('val_ap50')}")]).fit()
     times["train"] = time.perf_counter() - t0
