@@ -162,3 +162,38 @@ def test_mhd_clips_into_the_element_type(tmp_path: Path) -> None:
     write_mhd(tmp_path / "u8.mhd", vol, element_type="MET_UCHAR")
     back = read_image(tmp_path / "u8.mhd")
     assert back.pixels[0, 0, 0] == 255 and back.pixels.min() >= 0
+
+
+@pytest.mark.parametrize("style", ["LIST", "LIST 2D", "pattern"])
+def test_mhd_with_one_data_file_per_slice_reads_like_the_single_file(tmp_path: Path, style: str) -> None:
+    vol = dicom_like_volume()
+    write_mhd(tmp_path / "one.mhd", vol)
+    single = read_image(tmp_path / "one.mhd")
+    header = (tmp_path / "one.mhd").read_text()
+    raw = (tmp_path / "one.raw").read_bytes()
+    k = vol.pixels.shape[0]
+    per = len(raw) // k
+    names = [f"slice{i + 1:03d}.raw" for i in range(k)]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(raw[i * per:(i + 1) * per])
+    head = header[: header.index("ElementDataFile")]
+    if style == "pattern":
+        text = head + f"ElementDataFile = slice%03d.raw 1 {k} 1\n"
+    else:
+        text = head + f"ElementDataFile = {style}\n" + "\n".join(names) + "\n"
+    (tmp_path / "split.mhd").write_text(text)
+    back = read_image(tmp_path / "split.mhd")
+    np.testing.assert_array_equal(back.pixels, single.pixels)
+    np.testing.assert_allclose(back.affine, single.affine)
+    # one slice file missing: named, no traceback
+    (tmp_path / names[-1]).unlink()
+    with pytest.raises(DataFormatError, match=names[-1] if style != "pattern" else "slice"):
+        read_image(tmp_path / "split.mhd")
+
+
+def test_mhd_bad_pattern_is_named(tmp_path: Path) -> None:
+    write_mhd(tmp_path / "one.mhd", dicom_like_volume())
+    header = (tmp_path / "one.mhd").read_text()
+    (tmp_path / "p.mhd").write_text(header[: header.index("ElementDataFile")] + "ElementDataFile = s%03d.raw one\n")
+    with pytest.raises(DataFormatError, match="bad ElementDataFile pattern"):
+        read_image(tmp_path / "p.mhd")

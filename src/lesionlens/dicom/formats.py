@@ -255,12 +255,47 @@ def _floats(fields: dict[str, str], key: str, n: int, path: Path, default: list[
     return values
 
 
+def _data_file_list(datafile: str, rest: bytes, path: Path) -> list[str]:
+    """The data files of ``ElementDataFile = LIST [2D|3D]`` (one name per line after the header)
+    or of a printf pattern ``ElementDataFile = name%03d.raw first last [step]``."""
+    if datafile.upper().startswith("LIST"):
+        try:
+            names = [ln.strip() for ln in rest.decode("utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError as exc:
+            raise DataFormatError("MetaImage file list is not text", path=path) from exc
+        if not names:
+            raise DataFormatError("ElementDataFile = LIST names no files", path=path)
+        return names
+    parts = datafile.split()
+    try:
+        first, last = int(parts[1]), int(parts[2])
+        step = int(parts[3]) if len(parts) > 3 else 1
+        if step == 0 or len(parts) > 4:
+            raise ValueError
+        names = [parts[0] % i for i in range(first, last + (1 if step > 0 else -1), step)]
+    except (IndexError, ValueError, TypeError) as exc:
+        raise DataFormatError(f"bad ElementDataFile pattern {datafile!r} (expected 'name%03d.raw first last "
+                              "[step]')", path=path) from exc
+    if not names:
+        raise DataFormatError(f"ElementDataFile pattern {datafile!r} names no files", path=path)
+    return names
+
+
+def _read_part(path: Path, name: str) -> bytes:
+    part = path.parent / name
+    if not part.is_file():
+        raise DataFormatError(f"MetaImage data file {name!r} not found next to the header", path=path)
+    return part.read_bytes()
+
+
 def read_mhd(path: str | Path) -> Volume:
     """``.mhd`` (+ data file) or ``.mha`` → Volume ``(K, R, C)`` float32 with an LPS affine.
 
     ``ElementNumberOfChannels = 3`` with MET_UCHAR gives ``(K, R, C, 3)`` uint8 RGB.
-    Raises DataFormatError (bad header, truncated or missing data) / UnsupportedInputError
-    (unknown element type, file lists), naming the file.
+    The data may be ``LOCAL``, one file, a ``LIST`` of files (one name per line after the
+    header, e.g. one per slice) or a printf pattern (``slice%03d.raw 1 120 1``); the parts are
+    read in order and joined. Raises DataFormatError (bad header, truncated or missing data) /
+    UnsupportedInputError (unknown element type, compressed file lists), naming the file.
     """
     path = Path(path)
     blob = path.read_bytes()
@@ -297,7 +332,10 @@ def read_mhd(path: str | Path) -> Volume:
     if datafile == "LOCAL":
         raw = blob[line_end:]
     elif datafile.upper().startswith("LIST") or "%" in datafile:
-        raise UnsupportedInputError("MetaImage data split over several files is not supported", path=path)
+        if fields.get("CompressedData", "False").lower() == "true":
+            raise UnsupportedInputError("compressed MetaImage data split over several files is not supported",
+                                        path=path)
+        raw = b"".join(_read_part(path, name) for name in _data_file_list(datafile, blob[line_end:], path))
     else:
         data_path = path.parent / datafile
         if not data_path.is_file():
