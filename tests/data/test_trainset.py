@@ -279,3 +279,51 @@ def test_same_series_twice_is_refused(tmp_path: Path) -> None:
     case = sphere_case("p0", "1.2.3.0")
     with pytest.raises(DataFormatError, match="twice"):
         build_training_set([case, case], tmp_path / "ds")
+
+
+def _label_boxes(root: Path) -> dict[str, list[list[float]]]:
+    out = {}
+    for lab in sorted(root.glob("labels/*/*.txt")):
+        rows = [list(map(float, ln.split()[1:])) for ln in lab.read_text().splitlines() if ln.strip()]
+        if rows:
+            out[lab.stem] = rows
+    return out
+
+
+def test_a_dicom_folder_with_its_label_map_gives_the_exact_mask_boxes(tmp_path: Path) -> None:
+    """``write_ct_study(with_label_map=True)`` saves labels.npz; a training set built from the DICOM
+    folder then has the same boxes as one built from the in-memory phantom with its label map, and
+    differs from the ellipsoid boxes a folder without it gives (lobulated nodules)."""
+    from lesionlens.data.trainset import CTCase, TrainSetConfig, build_training_set
+    from lesionlens.synth.ct import CTPhantomConfig, generate_ct, write_ct_study
+    from lesionlens.synth.truth import load_truth
+
+    cfg = CTPhantomConfig(matrix=(96, 96), n_slices=24, pixel_spacing_mm=(3.5, 4.0), slice_spacings_mm=(2.5,),
+                          n_nodules=(3, 3), p_no_nodules=0.0, nodule_diameter_mm=(10.0, 20.0),
+                          small_nodule_fraction=0.0, p_lobulated=1.0, pixel_representation="signed")
+    ph = generate_ct(5, cfg)
+    write_ct_study(ph, tmp_path / "with" / "s", with_label_map=True)
+    write_ct_study(ph, tmp_path / "without" / "s")
+    assert (tmp_path / "with" / "s" / "labels.npz").is_file()
+    assert not (tmp_path / "without" / "s" / "labels.npz").exists()
+    ts = TrainSetConfig(ratios=(1.0, 0.0, 0.0), negative_ratio=0.0, min_box_px=1.0)
+    build_training_set([tmp_path / "with"], tmp_path / "ds-with", ts)
+    build_training_set([tmp_path / "without"], tmp_path / "ds-without", ts)
+    truth = load_truth(tmp_path / "with" / "s" / "truth.json")
+    from lesionlens.dicom.study import read_study
+
+    (vol,) = read_study([tmp_path / "with" / "s"], workers=1).volumes
+    build_training_set([CTCase(vol, truth, ph.labels, source="mem")], tmp_path / "ds-mem", ts)
+    with_map, ellipsoid, mem = (_label_boxes(tmp_path / "ds-with"), _label_boxes(tmp_path / "ds-without"),
+                                _label_boxes(tmp_path / "ds-mem"))
+    assert with_map and list(with_map.values()) == list(mem.values())
+    assert list(with_map.values()) != list(ellipsoid.values())
+
+    # a label map that does not fit the series is not used, and says why
+    np.savez_compressed(tmp_path / "with" / "s" / "labels.npz", labels=ph.labels[:-1], affine=ph.affine)
+    from lesionlens.data.trainset import discover_ct_cases
+
+    (case,) = discover_ct_cases(tmp_path / "with")
+    loaded = case.load()
+    assert loaded.label_map is None
+    assert any(p.code == "label-map" and "shape" in p.message for p in loaded.problems)

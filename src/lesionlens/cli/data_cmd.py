@@ -95,7 +95,7 @@ def _synth_one(kind: SynthKind, size: SynthSize, seed: int, out: Path) -> Path:
                 matrix=(96, 96), n_slices=24, pixel_spacing_mm=(3.5, 4.0), slice_spacings_mm=(5.0,),
                 nodule_diameter_mm=(6.0, 25.0), n_nodules=(1, 3), max_vessel_segments=300,
             )
-        return write_ct_study(generate_ct(seed, cfg), out)
+        return write_ct_study(generate_ct(seed, cfg), out, with_label_map=True)
     from lesionlens.synth.dicom2d import write_2d_study
 
     if kind is SynthKind.mammo:

@@ -397,6 +397,35 @@ class LazyCTCase:
     load: Callable[[], CTCase]
 
 
+def _label_map_for(folder: Path, vol: Volume, problems: list[Problem]) -> np.ndarray | None:
+    """The exact label map saved beside the truth (``labels.npz``: ``labels`` (K, R, C) and the
+    ``affine`` it was drawn on), in the read volume's slice order; None when there is none or it
+    does not fit this volume (then noted in ``problems`` and the truth's ellipsoids are used)."""
+    path = folder / "labels.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            labels, affine = np.asarray(z["labels"]), np.asarray(z["affine"], np.float64)
+    except (OSError, ValueError, KeyError) as exc:
+        problems.append(Problem("warning", "label-map", f"label map not used: {exc}", str(path)))
+        return None
+    if labels.shape != vol.pixels.shape:
+        problems.append(Problem("warning", "label-map", f"label map not used: shape {labels.shape} differs from "
+                                                        f"the series' {vol.pixels.shape}", str(path)))
+        return None
+    if np.allclose(affine, vol.affine, atol=1e-3):
+        return labels
+    flipped = affine.copy()  # the same grid read in the other slice order
+    flipped[:3, 3] = affine[:3, 3] + affine[:3, 0] * (labels.shape[0] - 1)
+    flipped[:3, 0] = -affine[:3, 0]
+    if np.allclose(flipped, vol.affine, atol=1e-3):
+        return labels[::-1].copy()
+    problems.append(Problem("warning", "label-map", "label map not used: its geometry differs from the series'",
+                            str(path)))
+    return None
+
+
 def _load_series(folder: Path, truth: StudyTruth, truth_path: Path) -> CTCase:
     """Read the series of ``truth`` from ``folder`` (DICOM, read through :mod:`lesionlens.dicom`)."""
     from lesionlens.dicom.study import read_study
@@ -406,7 +435,8 @@ def _load_series(folder: Path, truth: StudyTruth, truth_path: Path) -> CTCase:
         if vol.series_instance_uid == truth.series_instance_uid:
             if vol.pixels.ndim != 3:
                 raise DataFormatError("the truth's series is not a grey CT volume", path=truth_path)
-            return CTCase(vol, truth, None, source=str(folder), problems=list(result.problems))
+            problems = list(result.problems)
+            return CTCase(vol, truth, _label_map_for(folder, vol, problems), source=str(folder), problems=problems)
     raise DataFormatError(
         f"series {truth.series_instance_uid} named by the truth was not found under {folder}", path=truth_path
     )

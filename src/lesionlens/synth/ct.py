@@ -311,8 +311,13 @@ def generate_ct(seed: int, config: CTPhantomConfig | None = None) -> CTPhantom:
 
 def write_ct_study(phantom: CTPhantom, out_dir: str | Path, *, transfer_syntax: str | None = None,
                    with_localizer: bool = False, with_non_image: bool = False,
-                   random_names: bool = False, scramble_instance_numbers: bool = False) -> Path:
+                   random_names: bool = False, scramble_instance_numbers: bool = False,
+                   with_label_map: bool = False) -> Path:
     """Write the phantom as a DICOM CT series (one file per slice) plus ``truth.json``.
+
+    with_label_map: also write ``labels.npz`` (the exact (K, R, C) nodule label map and the
+    volume's affine), so training sets built from the folder get per-slice mask boxes instead of
+    boxes from the truth's ellipsoids (:func:`lesionlens.data.trainset.discover_ct_cases`).
 
     Everything goes into ``out_dir`` (created): slices ``CT_0001.dcm``…, the localizer
     ``LOC_0001.dcm`` (its own series), the Key Object Selection document ``KO_0001.dcm`` —
@@ -328,7 +333,13 @@ def write_ct_study(phantom: CTPhantom, out_dir: str | Path, *, transfer_syntax: 
                                with_localizer=with_localizer, with_non_image=with_non_image,
                                random_names=random_names, scramble=scramble_instance_numbers)
     write_truth(phantom.truth_document(), out)
+    if with_label_map:
+        np.savez_compressed(out / LABEL_MAP_FILE, labels=phantom.labels, affine=phantom.affine)
     return out
 
 
-__all__ = ["CTPhantom", "CTPhantomConfig", "generate_ct", "write_ct_study"]
+#: the label map beside ``truth.json`` (``write_ct_study(with_label_map=True)``)
+LABEL_MAP_FILE = "labels.npz"
+
+
+__all__ = ["LABEL_MAP_FILE", "CTPhantom", "CTPhantomConfig", "generate_ct", "write_ct_study"]
