@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -20,13 +20,13 @@ def _detect(
     iou: float = typer.Option(0.5, "--iou", help="NMS IoU threshold"),
     backend: str = typer.Option("onnx", "--backend", help="onnx | torch"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="inference threads (default: all cores)"),
+    threads: int | None = typer.Option(None, "--threads", help="inference threads (default: all cores)"),
     risk: str = typer.Option("low", "--risk", help="patient risk for the Fleischner suggestion: low | high"),
-    outputs: Optional[str] = typer.Option(None, "--outputs",
+    outputs: str | None = typer.Option(None, "--outputs",
                                           help="comma-separated subset of json,images,html,pdf,sr,seg,gsps"),
     no_lung_filter: bool = typer.Option(False, "--no-lung-filter", help="keep candidates outside the lung mask"),
-    min_size: Optional[float] = typer.Option(None, "--min-size", help="smallest mean diameter kept, mm (default 3)"),
-    max_size: Optional[float] = typer.Option(None, "--max-size", help="largest mean diameter kept, mm (default 30)"),
+    min_size: float | None = typer.Option(None, "--min-size", help="smallest mean diameter kept, mm (default 3)"),
+    max_size: float | None = typer.Option(None, "--max-size", help="largest mean diameter kept, mm (default 30)"),
 ) -> None:
     """Detect, measure and report lesions; write findings.json, report.html/pdf, SR, SEG, GSPS."""
     with error_boundary():

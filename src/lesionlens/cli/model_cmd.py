@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -14,23 +13,23 @@ from lesionlens.errors import ConfigError
 
 
 def _train(
-    data: Optional[str] = typer.Option(None, "--data", help="dataset.yaml (YOLO layout)."),
-    model: Optional[str] = typer.Option(None, "--model", help="n | s | m, or a model package to fine-tune."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch: Optional[int] = typer.Option(None, "--batch"),
-    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="training crop size (pixels, native scale)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto"),
-    out: Optional[str] = typer.Option(None, "--out", help="run folder, e.g. runs/NAME"),
+    data: str | None = typer.Option(None, "--data", help="dataset.yaml (YOLO layout)."),
+    model: str | None = typer.Option(None, "--model", help="n | s | m, or a model package to fine-tune."),
+    epochs: int | None = typer.Option(None, "--epochs"),
+    batch: int | None = typer.Option(None, "--batch"),
+    imgsz: int | None = typer.Option(None, "--imgsz", help="training crop size (pixels, native scale)."),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda | auto"),
+    out: str | None = typer.Option(None, "--out", help="run folder, e.g. runs/NAME"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint."),
-    attention: Optional[bool] = typer.Option(None, "--attention/--no-attention"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    mosaic: Optional[float] = typer.Option(None, "--mosaic", help="probability of a 4-image mosaic sample."),
-    copy_paste: Optional[float] = typer.Option(None, "--copy-paste", help="probability of pasting banked lesions."),
-    small_boost: Optional[float] = typer.Option(None, "--small-boost",
+    attention: bool | None = typer.Option(None, "--attention/--no-attention"),
+    lr: float | None = typer.Option(None, "--lr"),
+    seed: int | None = typer.Option(None, "--seed"),
+    mosaic: float | None = typer.Option(None, "--mosaic", help="probability of a 4-image mosaic sample."),
+    copy_paste: float | None = typer.Option(None, "--copy-paste", help="probability of pasting banked lesions."),
+    small_boost: float | None = typer.Option(None, "--small-boost",
                                                 help="draw images with a box under --small-px (1 + this)x as often."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of TrainConfig fields."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="a named recipe, e.g. 'default'."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of TrainConfig fields."),
+    recipe: str | None = typer.Option(None, "--recipe", help="a named recipe, e.g. 'default'."),
 ) -> None:
     """Train a detector (defaults < --config file < flags)."""
     with error_boundary():
@@ -134,12 +133,12 @@ def _evaluate(
 def _export(
     model: str = typer.Option(..., "--model", help="model name or package folder"),
     format: str = typer.Option("onnx", "--format", help="onnx"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output .onnx (default: the package's model.onnx)"),
+    out: Path | None = typer.Option(None, "--out", help="output .onnx (default: the package's model.onnx)"),
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="symbolic batch/height/width"),
     half: bool = typer.Option(False, "--half", help="FP16 graph (GPU providers)"),
     imgsz: int = typer.Option(512, "--imgsz"),
     int8: bool = typer.Option(False, "--int8", help="static INT8 (QDQ) quantisation with calibration"),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data (dataset.yaml) for --int8"),
+    calib: Path | None = typer.Option(None, "--calib", help="calibration data (dataset.yaml) for --int8"),
 ) -> None:
     """Export a model package to ONNX (FP32, FP16 or INT8)."""
     with error_boundary():

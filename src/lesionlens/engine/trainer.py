@@ -38,7 +38,13 @@ from lesionlens.engine.config import TrainConfig
 from lesionlens.engine.dataset import DatasetInfo, DetectionSamples, collate, read_dataset_yaml
 from lesionlens.engine.preprocess import InputSpec
 from lesionlens.errors import ConfigError, ModelError
-from lesionlens.models.detector import Detector, DetectorConfig, build_detector, load_detector, save_detector
+from lesionlens.models.detector import (
+    Detector,
+    DetectorConfig,
+    build_detector,
+    load_detector,
+    save_detector,
+)
 from lesionlens.models.loss import DetectionLoss
 from lesionlens.models.postprocess import Postprocessor
 
