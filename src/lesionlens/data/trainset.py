@@ -332,14 +332,14 @@ def context_stack(volume: Volume, k: int, offsets_mm: Sequence[float]) -> np.nda
 # --------------------------------------------------------------------------- writing
 
 
-def _safe(text: str, limit: int = 40) -> str:
+def safe_name_part(text: str, limit: int = 40) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
     return (s or "x")[:limit]
 
 
 def _image_stem(patient_id: str, series_uid: str, k: int) -> str:
     tag = hashlib.sha1(series_uid.encode()).hexdigest()[:8]
-    return f"{_safe(patient_id)}__{tag}__s{k:04d}"
+    return f"{safe_name_part(patient_id)}__{tag}__s{k:04d}"
 
 
 def _write_image(path: Path, stack: np.ndarray, config: TrainSetConfig) -> None:
@@ -366,7 +366,7 @@ def write_yolo_label_file(path: Path, boxes: np.ndarray, labels: np.ndarray, wid
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -510,7 +510,7 @@ class _Candidate:
     negative_scan: bool
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
+def prepare_out_dir(out_dir: Path) -> None:
     """Create ``out_dir``; refuse a non-empty folder unless it holds an earlier training set."""
     import shutil
 
@@ -600,7 +600,7 @@ class _Writer:
             "lesion_index": [int(i) for i in lesion_idx],
             "cross_section_mm": diam,
             "lung_fraction": round(lung, 4),
-            "sha256": _sha256(self.out_dir / image_rel),
+            "sha256": file_sha256(self.out_dir / image_rel),
         }
         self.entries.append(entry)
         self.dataset.splits[split].append(
@@ -696,7 +696,7 @@ def build_training_set(
         pos = any(not les.excluded for les in r.truth.lesions)
         strata[r.patient_id] = "pos" if pos or strata.get(r.patient_id) == "pos" else "neg"
     assignment = split_patients([r.patient_id for r in refs], cfg.ratios, cfg.seed, strata=strata)
-    _prepare_out_dir(out)
+    prepare_out_dir(out)
 
     writer = _Writer(out, cfg, names)
     summary = TrainSetSummary(out_dir=str(out), fingerprint="", cases=len(refs))

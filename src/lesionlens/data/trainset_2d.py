@@ -48,10 +48,10 @@ from lesionlens.data.annotations import DetectionDataset, ImageAnnotation
 from lesionlens.data.split import SPLIT_NAMES, normalize_ratios, split_patients
 from lesionlens.data.trainset import (
     MANIFEST_FORMAT,
-    _prepare_out_dir,
-    _safe,
-    _sha256,
+    file_sha256,
     manifest_fingerprint,
+    prepare_out_dir,
+    safe_name_part,
     write_yolo_label_file,
 )
 from lesionlens.dicom.select import SelectionRules
@@ -258,7 +258,7 @@ class _Writer2D:
     def stage(self, vol: Volume, k: int, truth: _Truth, source: Path, root: Path) -> _Staged:
         sop = vol.sop_instance_uids[k] if k < len(vol.sop_instance_uids) else truth.ann.sop_instance_uid
         pid = str(vol.metadata.get("patient_id") or "") or truth.ann.patient_id or sop
-        stem = f"{_safe(pid)}__{hashlib.sha1(f'{sop}/{k}'.encode()).hexdigest()[:8]}"
+        stem = f"{safe_name_part(pid)}__{hashlib.sha1(f'{sop}/{k}'.encode()).hexdigest()[:8]}"
         if stem in self.stems:
             raise DataFormatError(f"image {sop} is given twice", path=source)
         invert = bool(vol.display.invert)
@@ -307,7 +307,7 @@ class _Writer2D:
             "boxes": [[round(float(v), 3) for v in b] for b in boxes],
             "classes": [int(c) for c in labels],
             "sizes_mm": [None if s is None else float(s) for s in sizes],
-            "sha256": _sha256(self.staging / f"{stem}.npy"),
+            "sha256": file_sha256(self.staging / f"{stem}.npy"),
         }
         ann = ImageAnnotation(
             image="", width=int(w), height=int(h), boxes=boxes, labels=labels.copy(), patient_id=pid,
@@ -419,7 +419,7 @@ def build_training_set_2d(
             by_sop.setdefault(t.ann.sop_instance_uid, t)
         by_image.setdefault(_key(t.path.parent / t.ann.image), t)
     files = _image_files(roots)
-    _prepare_out_dir(out_dir)
+    prepare_out_dir(out_dir)
     writer = _Writer2D(out_dir, cfg)
     try:
         for n, (f, root) in enumerate(files):
