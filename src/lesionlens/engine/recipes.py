@@ -209,6 +209,8 @@ def model_card(recipe: DefaultRecipe, m: dict[str, Any], images_per_s: float, da
         "see `DEFAULT_STAGES` in `lesionlens/engine/recipes.py`)")
     boost = (f"; images holding a box under 12 px drawn {1 + recipe.small_boost:g}× as often"
              if recipe.small_boost else "")
+    if recipe.copy_paste:
+        boost += f"; lesions copy-pasted into {recipe.copy_paste:.0%} of the crops"
     return f"""# Model card — lesionlens-ct-nodule-n (default)
 
 **{NOTICE}**
@@ -256,13 +258,16 @@ and expected to be much lower. Trained only on chest CT; other modalities are ou
 
 #: The shipped default model: stage 1 from scratch, then stage 2 warm-started from stage 1's best
 #: weights on twice the phantoms with a longer schedule, then stage 3 from stage 2 on more phantoms
-#: with small lesions drawn more often. ``"@previous"`` names the previous stage's best package.
+#: with small lesions drawn more often, then stage 4 from stage 3 with copy-paste of lesions.
+#: ``"@previous"`` names the previous stage's best package.
 DEFAULT_STAGES: tuple[DefaultRecipe, ...] = (
     DefaultRecipe(),
     DefaultRecipe(train_studies=72, val_studies=4, epochs=36, steps_per_epoch=90, val_every=6, lr=2e-3,
                   model="@previous"),
     DefaultRecipe(train_studies=100, val_studies=4, epochs=36, steps_per_epoch=120, val_every=6, lr=1.5e-3,
                   small_boost=2.0, model="@previous"),
+    DefaultRecipe(train_studies=100, val_studies=4, epochs=30, steps_per_epoch=120, val_every=6, lr=1e-3,
+                  small_boost=2.0, copy_paste=0.3, model="@previous"),
 )
 
 
