@@ -84,3 +84,19 @@ def test_missing_model_is_a_clear_error(study: Path, tmp_path: Path) -> None:
         Predictor("nope")
     r = CliRunner().invoke(app, ["predict", str(study), "--out", str(tmp_path), "--model", "nope"])
     assert r.exit_code == 2 and "no model package named" in r.output
+
+
+@pytest.mark.parametrize("kwargs, word", [({"tile": 32}, "tile"), ({"tile": 256, "tile_overlap": 200}, "tile_overlap"),
+                                          ({"conf": 1.5}, "conf"), ({"iou": 0.0}, "iou"), ({"max_det": 0}, "max_det")])
+def test_predict_config_refuses_values_that_would_fail_later(kwargs: dict, word: str) -> None:
+    """A tile not larger than its overlap would never advance (a hang or a crash mid-study)."""
+    from lesionlens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=word):
+        PredictConfig(**kwargs)
+
+
+def test_detect_cli_names_a_bad_tile(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    r = CliRunner().invoke(app, ["detect", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--tile", "16"])
+    assert r.exit_code == 2 and "tile must be >= 64" in r.output and "Traceback" not in r.output

@@ -21,6 +21,7 @@ def _detect(
     backend: str = typer.Option("onnx", "--backend", help="onnx | torch"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
     threads: int | None = typer.Option(None, "--threads", help="inference threads (default: all cores)"),
+    tile: int = typer.Option(1024, "--tile", help="2D images larger than this (px) run as overlapping tiles"),
     risk: str = typer.Option("low", "--risk", help="patient risk for the Fleischner suggestion: low | high"),
     outputs: str | None = typer.Option(None, "--outputs",
                                           help="comma-separated subset of json,images,html,pdf,sr,seg,gsps"),
@@ -50,7 +51,8 @@ def _detect(
             from dataclasses import replace
 
             fpr = replace(fpr, **updates)
-        cfg = DetectConfig(predict=PredictConfig(conf=conf, iou=iou), fpr=fpr, risk=risk)  # type: ignore[arg-type]
+        cfg = DetectConfig(predict=PredictConfig(conf=conf, iou=iou, tile=tile, tile_overlap=min(128, tile // 4)),
+                           fpr=fpr, risk=risk)  # type: ignore[arg-type]
         det = Detector(model, backend=backend, device=device, threads=threads, config=cfg)  # type: ignore[arg-type]
         results = det.detect([str(p) for p in path] if len(path) > 1 else str(path[0]))
         doc = write_outputs(results, out, chosen)

@@ -63,6 +63,15 @@ class PredictConfig:
     tile_overlap: int = 128
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.conf <= 1.0 or not 0.0 < self.iou <= 1.0:
+            raise ConfigError(f"conf must be in [0, 1] and iou in (0, 1], got {self.conf}, {self.iou}")
+        if self.max_det < 1 or self.batch < 1:
+            raise ConfigError(f"max_det and batch must be >= 1, got {self.max_det}, {self.batch}")
+        if self.tile < 64 or not 0 <= self.tile_overlap <= self.tile // 2:
+            raise ConfigError(f"tile must be >= 64 px and tile_overlap within 0..tile/2, got tile {self.tile}, "
+                              f"overlap {self.tile_overlap}")
+
 
 class Predictor:
     """Runs a model package on volumes. Load once, call :meth:`predict_volume` many times."""
