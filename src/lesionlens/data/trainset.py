@@ -621,8 +621,6 @@ class _Writer:
 
 
 def _write_yaml_and_manifest(out_dir: Path, config: TrainSetConfig, names: list[str], entries: list[dict[str, object]]) -> str:
-    import yaml
-
     header: dict[str, object] = {
         "format": config.image_format,
         "channels": len(config.context_mm),
@@ -631,13 +629,23 @@ def _write_yaml_and_manifest(out_dir: Path, config: TrainSetConfig, names: list[
     }
     if config.image_format == "png16":
         header["png_window"] = [float(v) for v in config.png_window]
+    return write_dataset_files(out_dir, header, names, config, entries)
+
+
+def write_dataset_files(out_dir: Path, header: dict[str, object], names: Sequence[str], config: BaseModel,
+                        entries: list[dict[str, object]]) -> str:
+    """``dataset.yaml`` (YOLO layout + ``header``, class ``names`` by index) and ``manifest.json``
+    (entries, resolved ``config``, fingerprint) of a built training set → the fingerprint.
+    Shared by the CT and the 2D builders."""
+    import yaml
+
     fingerprint = manifest_fingerprint(entries, header)
     doc = {
         "path": ".",
         "train": "images/train",
         "val": "images/val",
         "test": "images/test",
-        "names": {i: n for i, n in enumerate(names)},
+        "names": dict(enumerate(names)),
         **{k: v for k, v in header.items() if k != "names"},
         "fingerprint": fingerprint,
     }

@@ -47,11 +47,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lesionlens.data.annotations import DetectionDataset, ImageAnnotation
 from lesionlens.data.split import SPLIT_NAMES, normalize_ratios, split_patients
 from lesionlens.data.trainset import (
-    MANIFEST_FORMAT,
     file_sha256,
-    manifest_fingerprint,
     prepare_out_dir,
     safe_name_part,
+    write_dataset_files,
     write_yolo_label_file,
 )
 from lesionlens.dicom.select import SelectionRules
@@ -340,10 +339,6 @@ class _Writer2D:
 
 
 def _write_yaml_and_manifest_2d(out: Path, config: TrainSet2DConfig, entries: list[dict[str, object]]) -> str:
-    import json
-
-    import yaml
-
     header: dict[str, object] = {
         "format": IMAGE_FORMAT_2D,
         "channels": 1,
@@ -351,29 +346,7 @@ def _write_yaml_and_manifest_2d(out: Path, config: TrainSet2DConfig, entries: li
         "max_side": config.max_side,
         "names": list(config.names),
     }
-    fingerprint = manifest_fingerprint(entries, header)
-    doc = {
-        "path": ".",
-        "train": "images/train",
-        "val": "images/val",
-        "test": "images/test",
-        "names": dict(enumerate(config.names)),
-        **{k: v for k, v in header.items() if k != "names"},
-        "fingerprint": fingerprint,
-    }
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "fingerprint": fingerprint,
-        "header": header,
-        "config": config.model_dump(mode="json"),
-        "images": sorted(entries, key=lambda e: str(e["image"])),
-    }
-    try:
-        (out / "dataset.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    except OSError as exc:
-        raise OutputError(f"cannot write dataset files: {exc}", path=out) from None
-    return fingerprint
+    return write_dataset_files(out, header, config.names, config, entries)
 
 
 # --------------------------------------------------------------------------- build
