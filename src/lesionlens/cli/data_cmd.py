@@ -164,13 +164,18 @@ def _copy_images(ds: DetectionDataset, src_root: Path, out: Path) -> None:
             raise OutputError(f"cannot copy image {rel}: {exc}", path=src_root / rel) from None
 
 
-def _print_build_summary(summary: TrainSetSummary) -> None:
-    table = Table(title="training set")
+def _print_split_table(title: str, summary: TrainSetSummary | TrainSet2DSummary) -> None:
+    """Patients, positives, negatives and boxes per split (both builders' summaries have them)."""
+    table = Table(title=title)
     for col in ("split", "patients", "positives", "negatives", "boxes"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for s in ("train", "val", "test"):
         table.add_row(s, *(str(getattr(summary, f)[s]) for f in ("patients", "positives", "negatives", "boxes")))
     console.print(table)
+
+
+def _print_build_summary(summary: TrainSetSummary) -> None:
+    _print_split_table("training set", summary)
     console.print(f"cross-sections under the minimum size skipped: {summary.skipped_small}")
     console.print(f"fingerprint: {summary.fingerprint}")
 
@@ -399,12 +404,7 @@ def _deid_2d_source(src: Path, work: Path, config: DeidConfig) -> tuple[Path, De
 
 
 def _print_2d_summary(summary: TrainSet2DSummary) -> None:
-    table = Table(title="training set (2D)")
-    for col in ("split", "patients", "positives", "negatives", "boxes"):
-        table.add_column(col, justify="right" if col != "split" else "left")
-    for s in ("train", "val", "test"):
-        table.add_row(s, *(str(getattr(summary, f)[s]) for f in ("patients", "positives", "negatives", "boxes")))
-    console.print(table)
+    _print_split_table("training set (2D)", summary)
     console.print(f"images: {summary.images} ({summary.downscaled} downscaled)")
     for path in summary.skipped_no_truth:
         err_console.print(f"  skipped (no truth file): {path}", highlight=False, markup=False, soft_wrap=True)
