@@ -63,7 +63,8 @@ def ram_workdir(prefix: str, fallback_root: str | Path) -> Iterator[Path]:
 _OWNER = re.compile(r"^lesionlens-.*-p(\d+)-[A-Za-z0-9_]+$")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -88,7 +89,7 @@ def sweep_ram_workdirs(*fallback_roots: str | Path) -> list[Path]:
             continue
         for entry in entries:
             m = _OWNER.match(entry.name)
-            if m is None or _pid_alive(int(m.group(1))):
+            if m is None or pid_alive(int(m.group(1))):
                 continue
             try:
                 if entry.is_symlink() or not entry.is_dir() or entry.stat().st_uid != uid:

@@ -353,17 +353,13 @@ def new_worker_id() -> str:
 def worker_alive(worker_id: str) -> bool:
     """Whether the process behind a :func:`new_worker_id` still runs. Ids of other hosts (or
     that do not parse) count as alive: only their lease can tell."""
+    from lesionlens.service.atrest import pid_alive
+
     host, _, rest = worker_id.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return True
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(int(pid_text))
 
 
 def run_worker(queue: JobQueue, outbox: Outbox | None, *, detector_factory: Callable[[], Any],
