@@ -222,16 +222,15 @@ def _deid_dicom_source(src: Path, work: Path, config: DeidConfig) -> tuple[Path,
     dicom, report = deidentify_input(src, work, config)
     truth_files = frozenset(str(f) for f in found.truth_files)
     held_back = [Path(s) for s, _ in report.quarantined] + [Path(s) for s, c, _ in report.failed if c != "not-dicom"]
-    written = [(Path(s), Path(o)) for s, o in report.written]
+    by_series: dict[str, list[tuple[Path, Path]]] = {}  # original Series UID → (source, output), in order
+    for s, o in report.written:  # one header read per written file, whatever the number of truths
+        by_series.setdefault(_header(Path(s), "SeriesInstanceUID")["SeriesInstanceUID"], []).append((Path(s), Path(o)))
     warnings: list[str] = []
     placed: dict[Path, Path] = {}
     for truth_path, truth in truths:
         folder = truth_path.parent
-        target: Path | None = None
-        for source, output in written:
-            if folder in source.parents and _header(source, "SeriesInstanceUID")["SeriesInstanceUID"] == truth.series_instance_uid:
-                target = output
-                break
+        target = next((o for src_file, o in by_series.get(truth.series_instance_uid, []) if folder in src_file.parents),
+                      None)
         if target is None:
             if any(folder in h.parents for h in held_back):
                 warnings.append(f"{truth_path}: left out, no file of its series could be de-identified")
