@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -664,6 +664,16 @@ def write_dataset_files(out_dir: Path, header: dict[str, object], names: Sequenc
     return fingerprint
 
 
+def count_splits(summary: Any, assignment: dict[str, str], dataset: DetectionDataset) -> None:
+    """Fill ``summary.patients / positives / negatives / boxes`` per split of ``dataset``
+    (``assignment``: patient → split). Shared by the CT and the 2D builders' summaries."""
+    for s, items in dataset.splits.items():
+        summary.patients[s] = sum(1 for sp in assignment.values() if sp == s)
+        summary.positives[s] = sum(1 for im in items if len(im.boxes))
+        summary.negatives[s] = len(items) - summary.positives[s]
+        summary.boxes[s] = sum(len(im.boxes) for im in items)
+
+
 def build_training_set(
     sources: Iterable[CTCase | LazyCTCase | str | Path],
     out_dir: str | Path,
@@ -749,11 +759,8 @@ def build_training_set(
             progress(n + 1, len(chosen), "write negatives")
 
     summary.fingerprint = _write_yaml_and_manifest(out, cfg, names, writer.entries)
-    for s, items in writer.dataset.splits.items():
-        summary.patients[s] = sum(1 for sp in assignment.values() if sp == s)
-        summary.positives[s] = sum(1 for im in items if len(im.boxes))
-        summary.negatives[s] = len(items) - summary.positives[s]
-        summary.boxes[s] = sum(len(im.boxes) for im in items)
+    count_splits(summary, assignment, writer.dataset)
+    for s in writer.dataset.splits:
         summary.negatives_from_negative_scans[s] = sum(
             1 for picks in chosen.values() for sp, c in picks if sp == s and c.negative_scan
         )

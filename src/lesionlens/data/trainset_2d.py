@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lesionlens.data.annotations import DetectionDataset, ImageAnnotation
 from lesionlens.data.split import SPLIT_NAMES, normalize_ratios, split_patients
 from lesionlens.data.trainset import (
+    count_splits,
     file_sha256,
     prepare_out_dir,
     safe_name_part,
@@ -424,11 +425,7 @@ def build_training_set_2d(
     summary.fingerprint = _write_yaml_and_manifest_2d(out_dir, cfg, entries)
     summary.images = len(entries)
     summary.downscaled = sum(1 for e in entries if e["scale"] != [1.0, 1.0])
-    for s, items in dataset.splits.items():
-        summary.patients[s] = sum(1 for sp in assignment.values() if sp == s)
-        summary.positives[s] = sum(1 for im in items if len(im.boxes))
-        summary.negatives[s] = len(items) - summary.positives[s]
-        summary.boxes[s] = sum(len(im.boxes) for im in items)
+    count_splits(summary, assignment, dataset)
     return TrainSet2DBuild(dataset, summary)
 
 
