@@ -28,6 +28,8 @@ def _train(
     copy_paste: float | None = typer.Option(None, "--copy-paste", help="probability of pasting banked lesions."),
     small_boost: float | None = typer.Option(None, "--small-boost",
                                                 help="draw images with a box under --small-px (1 + this)x as often."),
+    score_floor: float | None = typer.Option(None, "--score-floor",
+                                              help="least class target of a box's best anchor (0 = its IoU)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of TrainConfig fields."),
     recipe: str | None = typer.Option(None, "--recipe", help="a named recipe, e.g. 'default'."),
 ) -> None:
@@ -45,7 +47,7 @@ def _train(
             raise ConfigError("--data is required (or --config, or --recipe)")
         cfg = load_config(config, data=data, model=model, epochs=epochs, batch=batch, imgsz=imgsz, device=device,
                           out=out, resume=resume or None, attention=attention, lr=lr, seed=seed, mosaic=mosaic,
-                          copy_paste=copy_paste, small_boost=small_boost)
+                          copy_paste=copy_paste, small_boost=small_boost, score_floor=score_floor)
 
         def show(epoch: int, row: dict[str, object]) -> None:
             parts = [f"epoch {epoch}/{cfg.epochs}", f"loss {row.get('train_loss', 0):.3f}"]
@@ -67,6 +69,8 @@ def _predict(
     backend: str = typer.Option("onnx", "--backend", help="onnx | torch"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
     max_det: int = typer.Option(100, "--max-det"),
+    rescore: bool = typer.Option(True, "--rescore/--no-rescore",
+                                 help="rescore CT candidates with the model's rescorer (rescorer.json) when it has one"),
 ) -> None:
     """Detect lesions and write DIR/findings.json."""
     with error_boundary():
@@ -75,7 +79,7 @@ def _predict(
         from lesionlens.reports.findings import write_json
 
         pred = Predictor(model, backend=backend, device=device,  # type: ignore[arg-type]
-                         config=PredictConfig(conf=conf, iou=iou, max_det=max_det))
+                         config=PredictConfig(conf=conf, iou=iou, max_det=max_det, rescore=rescore))
         results, problems = pred.predict([str(p) for p in path])
         doc = findings_from_predictions(results, pred, problems)
         dest = write_json(doc, out / "findings.json")
@@ -104,14 +108,15 @@ def _evaluate(
     split: str = typer.Option("val", "--split", help="split of a dataset.yaml to evaluate"),
     conf: float = typer.Option(0.25, "--conf", help="operating threshold for P/R/F1 (2D)"),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for the FROC CI"),
+    rescore: bool = typer.Option(True, "--rescore/--no-rescore", help="apply the model's candidate rescorer"),
 ) -> None:
     """Evaluate a model: FROC/CPM on CT studies, or AP/mAP on a 2D dataset → metrics.json + plots."""
     with error_boundary():
         from lesionlens.engine.evaluate import evaluate_2d, evaluate_ct
-        from lesionlens.engine.predict import PredictConfig, Predictor
+        from lesionlens.engine.predict import Predictor, froc_config
 
         pred = Predictor(model, backend=backend, device=device,  # type: ignore[arg-type]
-                         config=PredictConfig(conf=0.01, max_det=300))
+                         config=froc_config(model, rescore=rescore))
         if data.suffix in (".yaml", ".yml"):
             res = evaluate_2d(pred, data, out, split=split, conf=conf)
             m = res.metrics

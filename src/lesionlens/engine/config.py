@@ -47,6 +47,8 @@ class TrainConfig(BaseModel):
     mosaic: float = Field(0.0, ge=0, le=1, description="probability of a 4-image mosaic sample (native scale)")
     copy_paste: float = Field(0.0, ge=0, le=1, description="probability of pasting 1-2 banked lesions into a sample")
     small_boost: float = Field(0.0, ge=0, description="images holding a box under small_px are drawn (1 + boost)x as often")
+    score_floor: float = Field(0.0, ge=0, le=1, description="least class target of a box's best anchor "
+                               "(0 = its IoU as in TOOD; raise it so tiny lesions, whose IoU is low, still score high)")
     small_px: float = Field(12.0, gt=0, description="longer box side (px) under which a box counts as small")
 
     @field_validator("model")

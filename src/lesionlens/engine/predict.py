@@ -26,6 +26,7 @@ from lesionlens.engine.preprocess import normalize, pad_to_multiple
 from lesionlens.errors import ConfigError, ModelError
 from lesionlens.models.postprocess import Detections, Postprocessor, batched_nms
 from lesionlens.pipeline.aggregate import AggregateConfig, Candidate3D, SliceDetections, aggregate
+from lesionlens.pipeline.rescore import RESCORER_FILE, Rescorer
 
 Backend = Literal["onnx", "torch"]
 PACKAGED_MODELS = Path(__file__).resolve().parent.parent / "assets" / "models"
@@ -62,6 +63,7 @@ class PredictConfig:
     tile: int = 1024
     tile_overlap: int = 128
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    rescore: bool = True  # apply the package's candidate rescorer (rescorer.json) when it has one
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf <= 1.0 or not 0.0 < self.iou <= 1.0:
@@ -71,6 +73,15 @@ class PredictConfig:
         if self.tile < 64 or not 0 <= self.tile_overlap <= self.tile // 2:
             raise ConfigError(f"tile must be >= 64 px and tile_overlap within 0..tile/2, got tile {self.tile}, "
                               f"overlap {self.tile_overlap}")
+
+
+def froc_config(package: str | Path, *, rescore: bool = True) -> PredictConfig:
+    """The configuration for FROC evaluation: every candidate down the low-confidence tail.
+
+    Boxes are kept from 0.01 (below that the tracks are noise and linking grows quadratic); with
+    a rescorer the boxes are at its own threshold and every rescored candidate is kept."""
+    has = rescore and (resolve_model(package) / RESCORER_FILE).is_file()
+    return PredictConfig(conf=0.0 if has else 0.01, max_det=300, rescore=rescore)
 
 
 class Predictor:
@@ -84,6 +95,12 @@ class Predictor:
         self.config = config or PredictConfig()
         self.post = Postprocessor(conf=self.config.conf, iou=self.config.iou, max_det=self.config.max_det,
                                   pre_nms_topk=max(3000, self.config.max_det))
+        # CT: with a rescorer, candidates are built from boxes at the threshold it was fitted
+        # with (the tracks it learnt from), then filtered on the rescored confidence
+        self.rescorer = Rescorer.load(self.package) if self.config.rescore else None
+        box_conf = self.rescorer.box_conf if self.rescorer else self.config.conf
+        self.post_ct = Postprocessor(conf=box_conf, iou=self.config.iou, max_det=self.config.max_det,
+                                     pre_nms_topk=max(3000, self.config.max_det))
         self.backend = backend
         self._run, self.multiple = self._make_runner(backend, device, threads)
 
@@ -149,7 +166,7 @@ class Predictor:
             t0 = time.perf_counter()
             raw = self._run(x)
             t1 = time.perf_counter()
-            for k, det in zip(ks, self.post(raw, image_size=(h, w))):
+            for k, det in zip(ks, self.post_ct(raw, image_size=(h, w))):
                 out.append(SliceDetections(k, det.boxes, det.scores, det.labels))
             timings["inference"] += t1 - t0
             timings["postprocess"] += time.perf_counter() - t1
@@ -165,6 +182,11 @@ class Predictor:
         t0 = time.perf_counter()
         cands = aggregate(slices, volume.affine, self.config.aggregate)
         timings["aggregate"] = time.perf_counter() - t0
+        if self.rescorer is not None:
+            t0 = time.perf_counter()
+            cands = [c for c in self.rescorer(cands, volume.pixels, float(volume.spacing_mm[0]))
+                     if c.confidence >= self.config.conf]
+            timings["rescore"] = time.perf_counter() - t0
         return SeriesPrediction(volume, candidates=cands, timings=timings)
 
     # ------------------------------------------------------------------------------ 2D

@@ -54,6 +54,11 @@ class DefaultRecipe:
     lr: float = 3e-3
     small_boost: float = 0.0  # images with a box under 12 px drawn (1 + boost)x as often
     copy_paste: float = 0.0  # probability of pasting banked lesions into a crop (data/mix.py)
+    score_floor: float = 0.0  # least class target of a box's best anchor (models/assigner.py)
+    rescorer_studies: int = 0  # > 0: fit a candidate rescorer on this many phantoms (pipeline/rescore.py)
+    rescorer_seed0: int = 500_000  # its seeds: never used to train the detector nor to test
+    second_test_studies: int = 0  # > 0: also evaluate on a second held-out set (seeds second_test_seed0…)
+    second_test_seed0: int = 920_000
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -112,7 +117,7 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     from lesionlens.engine.config import TrainConfig
     from lesionlens.engine.evaluate import evaluate_ct
     from lesionlens.engine.export import export_onnx
-    from lesionlens.engine.predict import PredictConfig, Predictor
+    from lesionlens.engine.predict import Predictor, froc_config
     from lesionlens.engine.trainer import Trainer, load_package_model
     from lesionlens.synth.ct import generate_ct, write_ct_study
 
@@ -142,39 +147,54 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
                       batch=recipe.batch, imgsz=recipe.imgsz, steps_per_epoch=recipe.steps_per_epoch,
                       lr=recipe.lr, seed=recipe.seed, device=device, out=str(work / "run"), patience=recipe.epochs,
                       val_every=recipe.val_every, threads=recipe.threads, small_boost=recipe.small_boost,
-                      copy_paste=recipe.copy_paste)
+                      copy_paste=recipe.copy_paste, score_floor=recipe.score_floor)
     res = Trainer(cfg, on_epoch_end=[lambda e, r: log(f"epoch {e}: loss {r.get('train_loss'):.3f} "
                                                       f"val AP50 {r.get('val_ap50')}")]).fit()
     times["train"] = time.perf_counter() - t0
     pkg = res.best
     net, _ = load_package_model(pkg)
     export_onnx(net, pkg / "model.onnx", imgsz=512, dynamic=True)
+    if recipe.rescorer_studies:
+        t0 = time.perf_counter()
+        fit_default_rescorer(pkg, recipe, cache, log=log)
+        times["fit_rescorer"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    test_dir = shared / "test"
-    for i in range(recipe.test_studies):
-        seed = recipe.test_seed0 + i
-        d = test_dir / f"seed{seed}"
-        if not (d / "truth.json").is_file():
-            write_ct_study(generate_ct(seed, _phantom_config(recipe.test_slice_spacings_mm)), d)
-        log(f"test study {i + 1}/{recipe.test_studies}")
-    times["generate_test"] = time.perf_counter() - t0
+    pred = Predictor(pkg, backend="onnx", threads=2, config=froc_config(pkg))
+    results: list[dict[str, Any]] = []
+    sets = [("test", recipe.test_seed0, recipe.test_studies, "eval")]
+    if recipe.second_test_studies:
+        sets.append(("test2", recipe.second_test_seed0, recipe.second_test_studies, "eval2"))
+    for folder, seed0, n, eval_name in sets:
+        t0 = time.perf_counter()
+        test_dir = shared / folder
+        for i in range(n):
+            d = test_dir / f"seed{seed0 + i}"
+            if not (d / "truth.json").is_file():
+                write_ct_study(generate_ct(seed0 + i, _phantom_config(recipe.test_slice_spacings_mm)), d)
+            log(f"{folder} study {i + 1}/{n}")
+        times[f"generate_{folder}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        results.append(evaluate_ct(pred, test_dir, work / eval_name).metrics)
+        times[f"evaluate_{folder}"] = time.perf_counter() - t0
+        log(f"held-out CPM ({folder}, seeds {seed0}…): {results[-1]['cpm']}")
+    m = results[0]
 
-    t0 = time.perf_counter()
-    pred = Predictor(pkg, backend="onnx", threads=2, config=PredictConfig(conf=0.01, max_det=300))
-    ev = evaluate_ct(pred, test_dir, work / "eval")
-    times["evaluate"] = time.perf_counter() - t0
-    m = ev.metrics
-    log(f"held-out CPM {m['cpm']}")
-
-    card = model_card(recipe, m, res.images_per_s, summary.to_dict())
+    card = model_card(recipe, m, res.images_per_s, summary.to_dict(), second=results[1] if len(results) > 1 else None)
     (pkg / "MODEL_CARD.md").write_text(card)
     from lesionlens.engine.checkpoint import read_meta, write_meta
 
     meta = read_meta(pkg)
     meta.name, meta.notice = "lesionlens-ct-nodule-n", NOTICE
     meta.metrics = {"held_out": {k: m[k] for k in ("cpm", "cpm_ci", "n_scans")},
-                    "froc": m["froc"]["sensitivity_at_fps"], "recall_by_size_at_4fp": m["recall_by_size_at_4fp"]}
+                    "froc": m["froc"]["sensitivity_at_fps"], "recall_by_size_at_4fp": m["recall_by_size_at_4fp"],
+                    "operating_point": m["operating_point"]}
+    if len(results) > 1:
+        m2 = results[1]
+        meta.metrics["held_out_2"] = {**{k: m2[k] for k in ("cpm", "cpm_ci", "n_scans")},
+                                      "seeds": [recipe.second_test_seed0,
+                                                recipe.second_test_seed0 + recipe.second_test_studies - 1],
+                                      "froc": m2["froc"]["sensitivity_at_fps"],
+                                      "recall_by_size_at_4fp": m2["recall_by_size_at_4fp"]}
     write_meta(pkg, meta)
     out = {"recipe": asdict(recipe), "times_s": times, "cpm": m["cpm"], "package": str(pkg),
            "train_images_per_s": res.images_per_s}
@@ -185,10 +205,41 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     return out
 
 
+#: chosen by 5-fold cross-validation over the phantoms (docs/detection.md, "Candidate rescoring")
+RESCORER_FIT = {"hidden": 32, "epochs": 500, "weight_decay": 1e-3, "pos_weight": 1.0, "box_conf": 0.01}
+
+
+def fit_default_rescorer(pkg: Path, recipe: DefaultRecipe, cache: Path, *, log: Any = print) -> dict[str, Any]:
+    """Fit the candidate rescorer of ``pkg`` on ``recipe.rescorer_studies`` phantoms from
+    ``recipe.rescorer_seed0`` (a seed range used neither for training nor for testing): the
+    detector runs over each phantom at box threshold 0.01, its candidates are labelled by the
+    LUNA16 hit rule and the perceptron is fitted on all of them. Writes ``pkg/rescorer.json``."""
+    from lesionlens.engine.predict import PredictConfig, Predictor
+    from lesionlens.pipeline.rescore import candidate_features, fit_rescorer, label_candidates
+
+    box_conf = float(RESCORER_FIT["box_conf"])
+    pred = Predictor(pkg, backend="onnx", threads=recipe.threads or None,
+                     config=PredictConfig(conf=box_conf, max_det=300, rescore=False))
+    xs, ys = [], []
+    for i in range(recipe.rescorer_studies):
+        case = _load_cached(_cache_phantom(recipe.rescorer_seed0 + i, recipe.test_slice_spacings_mm, cache))
+        cands = pred.predict_volume(case.volume).candidates
+        y, keep = label_candidates(cands, case.truth)
+        xs.append(candidate_features(cands, case.volume.pixels, float(case.volume.spacing_mm[0]))[keep])
+        ys.append(y[keep])
+        log(f"rescorer phantom {i + 1}/{recipe.rescorer_studies}: {len(cands)} candidates, {int(y.sum())} hits")
+    seeds = [recipe.rescorer_seed0, recipe.rescorer_seed0 + recipe.rescorer_studies - 1]
+    r = fit_rescorer(np.concatenate(xs), np.concatenate(ys), hidden=int(RESCORER_FIT["hidden"]),
+                     epochs=int(RESCORER_FIT["epochs"]), weight_decay=float(RESCORER_FIT["weight_decay"]),
+                     pos_weight=float(RESCORER_FIT["pos_weight"]), box_conf=box_conf, info={"seeds": seeds, "phantoms": recipe.rescorer_studies})
+    r.save(pkg)
+    return r.info
+
+
 def install_package(pkg: Path, dest: Path) -> None:
     """Copy the files a package needs for prediction (no optimizer state) to ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("model.safetensors", "model.json", "meta.json", "model.onnx", "MODEL_CARD.md"):
+    for name in ("model.safetensors", "model.json", "meta.json", "model.onnx", "rescorer.json", "MODEL_CARD.md"):
         if (pkg / name).is_file():
             shutil.copy2(pkg / name, dest / name)
 
@@ -197,13 +248,39 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"
 
 
-def model_card(recipe: DefaultRecipe, m: dict[str, Any], images_per_s: float, data: dict[str, Any]) -> str:
+def _froc_rows(m: dict[str, Any]) -> str:
     ops = m["froc"]["sensitivity_at_fps"]
-    rows = "\n".join(f"| {fp} | {s:.3f} |" if s is not None else f"| {fp} | - |" for fp, s in ops.items())
-    size_rows = "\n".join(
+    return "\n".join(f"| {fp} | {s:.3f} |" if s is not None else f"| {fp} | - |" for fp, s in ops.items())
+
+
+def _size_rows(m: dict[str, Any]) -> str:
+    return "\n".join(
         f"| {b['name']} | {b['n_total']} | {b['recall']:.3f} |" if b["recall"] is not None
         else f"| {b['name']} | 0 | - |" for b in m["recall_by_size_at_4fp"])
+
+
+def model_card(recipe: DefaultRecipe, m: dict[str, Any], images_per_s: float, data: dict[str, Any],
+               second: dict[str, Any] | None = None) -> str:
+    rows, size_rows = _froc_rows(m), _size_rows(m)
     ci = m.get("cpm_ci") or [None, None]
+    extra = ""
+    if second is not None:
+        ci2 = second.get("cpm_ci") or [None, None]
+        extra = f"""
+A second held-out set, {second['n_scans']} scans from seeds {recipe.second_test_seed0}…, was made after the
+first had been used to choose between training stages and to study the false positives; it has
+not been used for any choice:
+
+| FP/scan | sensitivity |
+|---|---|
+{_froc_rows(second)}
+
+**CPM {_fmt(second['cpm'])}** (95 % bootstrap CI {_fmt(ci2[0])} – {_fmt(ci2[1])}).
+
+| size | nodules | recall at 4 FP/scan |
+|---|---|---|
+{_size_rows(second)}
+"""
     warm = "" if recipe.model in ("n", "s", "m") else (
         f" (stage {len(DEFAULT_STAGES)} of the recipe, warm-started from the previous stage's best weights; "
         "see `DEFAULT_STAGES` in `lesionlens/engine/recipes.py`)")
@@ -211,6 +288,12 @@ def model_card(recipe: DefaultRecipe, m: dict[str, Any], images_per_s: float, da
              if recipe.small_boost else "")
     if recipe.copy_paste:
         boost += f"; lesions copy-pasted into {recipe.copy_paste:.0%} of the crops"
+    rescorer = "" if not recipe.rescorer_studies else (
+        "\nThe 3D candidates are then rescored by a small perceptron (`lesionlens/pipeline/rescore.py`, "
+        "`rescorer.json`: track shape and HU features) fitted on the candidates the detector produced on "
+        f"{recipe.rescorer_studies} further phantoms (seeds {recipe.rescorer_seed0}…"
+        f"{recipe.rescorer_seed0 + recipe.rescorer_studies - 1}), used neither for training nor for testing; "
+        "its confidence is the estimated probability that a candidate is a nodule (on these phantoms).")
     return f"""# Model card — lesionlens-ct-nodule-n (default)
 
 **{NOTICE}**
@@ -222,7 +305,7 @@ fine-tuning on a hospital's own annotated data. It must not be used to inform an
 ## Model
 One-stage anchor-free detector, size `n`{warm}, input 3 channels = HU slices at
 {list(recipe.context_mm)} mm around the slice (lung window −600/1600), output strides 4/8/16,
-per-slice boxes merged into 3D candidates.
+per-slice boxes merged into 3D candidates.{rescorer}
 
 ## Training data
 {recipe.train_studies} training + {recipe.val_studies} validation synthetic chest CT phantoms
@@ -248,7 +331,7 @@ Recall by nodule size at 4 FP/scan:
 | size | nodules | recall |
 |---|---|---|
 {size_rows}
-
+{extra}
 ## Limitations
 Synthetic phantoms are far simpler than real CT: no motion, no contrast phases, no emphysema,
 scarring, atelectasis, devices or reconstruction artefacts. Performance on real scans is unknown

@@ -34,7 +34,9 @@ def series_findings(pred: SeriesPrediction, predictor: Predictor) -> SeriesFindi
             sop_instance_uid=vol.sop_instance_uids[k] if k < len(vol.sop_instance_uids) else "",
             frame=vol.frame_numbers[k] if k < len(vol.frame_numbers) else 1,
             extra={"slice_index": k, "slices": [min(c.slices), max(c.slices)], "z_extent_mm": round(c.z_extent_mm, 2),
-                   "drift_mm": round(c.drift_mm, 2)},
+                   "drift_mm": round(c.drift_mm, 2),
+                   **({"detector_confidence": round(c.detector_confidence, 4)}
+                      if c.detector_confidence is not None else {})},
         ))
     ps = _pixel_spacing(vol)
     for k, det in enumerate(pred.images):

@@ -45,7 +45,7 @@ from lesionlens.models.detector import (
     load_detector,
     save_detector,
 )
-from lesionlens.models.loss import DetectionLoss
+from lesionlens.models.loss import DetectionLoss, LossConfig
 from lesionlens.models.postprocess import Postprocessor
 
 
@@ -132,7 +132,7 @@ class Trainer:
         self.spec = input_spec_for(self.info)
         self.run_dir = Path(config.out)
         self.model = self._build_model().to(self.device)
-        self.criterion = DetectionLoss(self.model.config)
+        self.criterion = DetectionLoss(self.model.config, LossConfig(score_floor=config.score_floor))
         self.start_epoch = 0
         self.best_fitness = -1.0
         self.history: list[dict[str, Any]] = []

@@ -39,13 +39,17 @@ class Assignment:
 class TaskAlignedAssigner(nn.Module):
     """``TaskAlignedAssigner(topk=10, alpha=0.5, beta=6.0)``; see the module docstring."""
 
-    def __init__(self, topk: int = 10, alpha: float = 0.5, beta: float = 6.0, eps: float = 1e-9):
+    def __init__(self, topk: int = 10, alpha: float = 0.5, beta: float = 6.0, eps: float = 1e-9,
+                 score_floor: float = 0.0):
         super().__init__()
         if topk < 1:
             raise ConfigError(f"topk: must be >= 1, got {topk}")
         if alpha < 0 or beta < 0:
             raise ConfigError(f"alpha/beta: must be >= 0, got {alpha}/{beta}")
+        if not 0.0 <= score_floor <= 1.0:
+            raise ConfigError(f"score_floor: must be in [0, 1], got {score_floor}")
         self.topk, self.alpha, self.beta, self.eps = topk, alpha, beta, eps
+        self.score_floor = score_floor
 
     @torch.no_grad()
     def forward(
@@ -100,9 +104,10 @@ class TaskAlignedAssigner(nn.Module):
         labels = torch.where(fg, lbl[batch_idx, gt_index], torch.zeros_like(gt_index))
         boxes = gt_boxes[batch_idx, gt_index]  # (B, N, 4)
         # soft targets: metric normalised so each box's best anchor gets that box's best IoU
+        # (at least ``score_floor``: a few px off on a 4 px nodule is a low IoU, not a worse find)
         metric = metric * pos
         max_metric = metric.amax(-1, keepdim=True)
-        max_iou = (iou * pos).amax(-1, keepdim=True)
+        max_iou = (iou * pos).amax(-1, keepdim=True).clamp(min=self.score_floor) * pos.any(-1, keepdim=True)
         norm = (metric * max_iou / (max_metric + self.eps)).amax(1)  # (B, N)
         scores = torch.zeros(b, n, nc, device=dev)
         scores.scatter_(2, labels[..., None], 1.0)

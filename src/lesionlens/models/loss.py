@@ -37,7 +37,8 @@ class LossConfig:
     """Loss weights and assigner settings.
 
     box/cls/dfl: weights in the total; iou: ``"ciou"`` | ``"giou"``; cls_loss: ``"bce"`` |
-    ``"varifocal"``; topk/alpha/beta: :class:`TaskAlignedAssigner`.
+    ``"varifocal"``; topk/alpha/beta/score_floor: :class:`TaskAlignedAssigner` (score_floor: the
+    least class target of a box's best anchor; 0 = its IoU, as in TOOD/YOLOv8; 1 = hard targets).
     """
 
     box: float = 7.5
@@ -48,6 +49,7 @@ class LossConfig:
     topk: int = 10
     alpha: float = 0.5
     beta: float = 6.0
+    score_floor: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("box", "cls", "dfl"):
@@ -97,7 +99,8 @@ class DetectionLoss(nn.Module):
         super().__init__()
         self.config = config
         self.lc = loss_config or LossConfig()
-        self.assigner = TaskAlignedAssigner(self.lc.topk, self.lc.alpha, self.lc.beta)
+        self.assigner = TaskAlignedAssigner(self.lc.topk, self.lc.alpha, self.lc.beta,
+                                            score_floor=self.lc.score_floor)
 
     def forward(self, outputs: Sequence[Tensor], targets: Sequence[Target]) -> dict[str, Tensor]:
         cfg, lc = self.config, self.lc

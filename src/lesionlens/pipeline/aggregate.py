@@ -71,6 +71,8 @@ class Candidate3D:
     bbox_px: np.ndarray
     slices: list[int] = field(default_factory=list)
     n_boxes: int = 0
+    slice_scores: list[float] = field(default_factory=list)
+    detector_confidence: float | None = None  # set when a rescorer replaced ``confidence``
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -173,6 +175,7 @@ def aggregate(
                 bbox_px=boxes[key].astype(np.float32),
                 slices=[int(k) for k in ks],
                 n_boxes=len(tr),
+                slice_scores=[float(v) for v in scores],
             )
         )
     out.sort(key=lambda c: -c.confidence)
