@@ -179,23 +179,7 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
         log(f"held-out CPM ({folder}, seeds {seed0}…): {results[-1]['cpm']}")
     m = results[0]
 
-    card = model_card(recipe, m, res.images_per_s, summary.to_dict(), second=results[1] if len(results) > 1 else None)
-    (pkg / "MODEL_CARD.md").write_text(card)
-    from lesionlens.engine.checkpoint import read_meta, write_meta
-
-    meta = read_meta(pkg)
-    meta.name, meta.notice = "lesionlens-ct-nodule-n", NOTICE
-    meta.metrics = {"held_out": {k: m[k] for k in ("cpm", "cpm_ci", "n_scans")},
-                    "froc": m["froc"]["sensitivity_at_fps"], "recall_by_size_at_4fp": m["recall_by_size_at_4fp"],
-                    "operating_point": m["operating_point"]}
-    if len(results) > 1:
-        m2 = results[1]
-        meta.metrics["held_out_2"] = {**{k: m2[k] for k in ("cpm", "cpm_ci", "n_scans")},
-                                      "seeds": [recipe.second_test_seed0,
-                                                recipe.second_test_seed0 + recipe.second_test_studies - 1],
-                                      "froc": m2["froc"]["sensitivity_at_fps"],
-                                      "recall_by_size_at_4fp": m2["recall_by_size_at_4fp"]}
-    write_meta(pkg, meta)
+    finalize_package(pkg, recipe, results, res.images_per_s, summary.to_dict())
     out = {"recipe": asdict(recipe), "times_s": times, "cpm": m["cpm"], "package": str(pkg),
            "train_images_per_s": res.images_per_s}
     (work / "recipe_summary.json").write_text(json.dumps(out, indent=2, default=str))
@@ -203,6 +187,33 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
         install_package(pkg, install_to)
         out["installed"] = str(install_to)
     return out
+
+
+MODEL_NAME, MODEL_VERSION = "lesionlens-ct-nodule-n", "0.2.0"  # 0.2.0: with the candidate rescorer
+
+
+def finalize_package(pkg: Path, recipe: DefaultRecipe, results: list[dict[str, Any]], images_per_s: float,
+                     data: dict[str, Any]) -> None:
+    """Write the model card and the name, version, notice and held-out metrics into ``pkg``.
+
+    results: ``metrics.json`` of the held-out set, then of the second held-out set if any."""
+    from lesionlens.engine.checkpoint import read_meta, write_meta
+
+    m = results[0]
+    second = results[1] if len(results) > 1 else None
+    (pkg / "MODEL_CARD.md").write_text(model_card(recipe, m, images_per_s, data, second=second))
+    meta = read_meta(pkg)
+    meta.name, meta.version, meta.notice = MODEL_NAME, MODEL_VERSION, NOTICE
+    meta.metrics = {"held_out": {k: m[k] for k in ("cpm", "cpm_ci", "n_scans")},
+                    "froc": m["froc"]["sensitivity_at_fps"], "recall_by_size_at_4fp": m["recall_by_size_at_4fp"],
+                    "operating_point": m["operating_point"]}
+    if second is not None:
+        meta.metrics["held_out_2"] = {**{k: second[k] for k in ("cpm", "cpm_ci", "n_scans")},
+                                      "seeds": [recipe.second_test_seed0,
+                                                recipe.second_test_seed0 + recipe.second_test_studies - 1],
+                                      "froc": second["froc"]["sensitivity_at_fps"],
+                                      "recall_by_size_at_4fp": second["recall_by_size_at_4fp"]}
+    write_meta(pkg, meta)
 
 
 #: chosen by 5-fold cross-validation over the phantoms (docs/detection.md, "Candidate rescoring")

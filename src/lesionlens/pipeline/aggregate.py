@@ -94,39 +94,69 @@ def _linked(a: np.ndarray, b: np.ndarray, cfg: AggregateConfig) -> float:
     return 1.0 - d / (cfg.center_frac * side) if d < cfg.center_frac * side else 0.0
 
 
+def _link_matrix(prev: np.ndarray, cur: np.ndarray, cfg: AggregateConfig) -> np.ndarray:
+    """:func:`_linked` for every (current box, previous box) pair: ``(len(cur), len(prev))``."""
+    ix = np.clip(np.minimum(cur[:, None, 2], prev[None, :, 2]) - np.maximum(cur[:, None, 0], prev[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(cur[:, None, 3], prev[None, :, 3]) - np.maximum(cur[:, None, 1], prev[None, :, 1]), 0, None)
+    inter = ix * iy
+    area_c = (cur[:, 2] - cur[:, 0]) * (cur[:, 3] - cur[:, 1])
+    area_p = (prev[:, 2] - prev[:, 0]) * (prev[:, 3] - prev[:, 1])
+    union = area_c[:, None] + area_p[None, :] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    cc, cp = (cur[:, :2] + cur[:, 2:]) / 2, (prev[:, :2] + prev[:, 2:]) / 2
+    side = np.maximum(np.mean(cur[:, 2:] - cur[:, :2], axis=1)[:, None], np.mean(prev[:, 2:] - prev[:, :2], axis=1)[None, :])
+    d = np.linalg.norm(cc[:, None, :] - cp[None, :, :], axis=2)
+    lim = cfg.center_frac * side
+    near = np.where(d < lim, 1.0 - np.divide(d, lim, out=np.ones_like(d), where=lim > 0), 0.0)
+    return np.where(iou >= cfg.min_iou, 1.0 + iou, near)
+
+
 def link_tracks(dets: list[SliceDetections], config: AggregateConfig | None = None) -> list[list[tuple[int, int]]]:
     """Link boxes across slices into tracks: each track is a list of (k, index in that slice).
 
     Greedy by score: boxes on each slice are taken in descending score order and join the best
-    open track of the same label whose last box is at most ``max_gap + 1`` slices back.
+    open track of the same label whose last box is at most ``max_gap + 1`` slices back (ties: the
+    oldest track). Only open tracks are compared, all at once (:func:`_link_matrix`), so the cost
+    grows with the boxes per slice, not with the tracks of the whole series.
     """
     cfg = config or AggregateConfig()
     tracks: list[list[tuple[int, int]]] = []
     last_k: list[int] = []
-    by_k = {d.k: d for d in dets}
-    for k in sorted(by_k):
-        d = by_k[k]
-        taken: set[int] = set()
-        for i in np.argsort(-d.scores, kind="stable"):
-            best, best_t = 0.0, -1
-            for t, tr in enumerate(tracks):
-                if t in taken or k - last_k[t] > cfg.max_gap + 1 or k == last_k[t]:
-                    continue
-                kk, ii = tr[-1]
-                prev = by_k[kk]
-                if int(prev.labels[ii]) != int(d.labels[i]):
-                    continue
-                s = _linked(prev.boxes[ii], d.boxes[i], cfg)
-                if s > best:
-                    best, best_t = s, t
-            if best_t >= 0:
-                tracks[best_t].append((k, int(i)))
-                last_k[best_t] = k
-                taken.add(best_t)
+    last_box: list[np.ndarray] = []
+    last_label: list[int] = []
+    active: list[int] = []  # open track indices, ascending
+    for d in sorted(dets, key=lambda d: d.k):
+        k = d.k
+        active = [t for t in active if k - last_k[t] <= cfg.max_gap + 1 and k != last_k[t]]
+        n = len(d.scores)
+        if n == 0:
+            continue
+        order = np.argsort(-np.asarray(d.scores), kind="stable")
+        labels = np.asarray(d.labels).astype(np.int64)
+        if active:
+            prev = np.stack([last_box[t] for t in active]).astype(np.float64)
+            strength = _link_matrix(prev, np.asarray(d.boxes, np.float64), cfg)
+            strength[labels[:, None] != np.array([last_label[t] for t in active])[None, :]] = 0.0
+        else:
+            strength = np.zeros((n, 0))
+        taken = np.zeros(len(active), bool)
+        new_active = []
+        for i in order:
+            row = np.where(taken, 0.0, strength[i]) if len(active) else strength[i]
+            j = int(np.argmax(row)) if row.size else -1
+            if j >= 0 and row[j] > 0.0:
+                t = active[j]
+                taken[j] = True
             else:
-                tracks.append([(k, int(i))])
+                t = len(tracks)
+                tracks.append([])
                 last_k.append(k)
-                taken.add(len(tracks) - 1)
+                last_box.append(np.zeros(4))
+                last_label.append(int(labels[i]))
+                new_active.append(t)
+            tracks[t].append((k, int(i)))
+            last_k[t], last_box[t] = k, np.asarray(d.boxes[i], np.float64)
+        active = sorted(set(active) | set(new_active))
     return tracks
 
 
