@@ -13,8 +13,16 @@ import httpx
 import pytest
 
 from integration.orthanc import OrthancServer
-from integration.service import ServiceProcess, wait_for
-from integration.test_service_pacs import Study, pacs, results_in, services, storescu, study  # noqa: F401
+from integration.service import ServiceProcess
+from integration.test_service_pacs import (  # noqa: F401
+    Study,
+    pacs,
+    results_in,
+    services,
+    storescu,
+    study,
+    wait_results,
+)
 from lesionlens.dicom.io import parse_bytes
 from lesionlens.privacy.crypto import is_encrypted, open_decrypted
 from lesionlens.privacy.keys import DataKey, KeyRing, decode_key_text
@@ -32,7 +40,7 @@ def test_encrypted_service_delivers_plaintext_and_keeps_ciphertext(
     r = storescu(svc.dicom_port, study.files)
     assert r.returncode == 0, r.stderr
     t0 = time.monotonic()
-    wait_for(lambda: len(results_in(pacs, study.study_uid).get("SEG", [])) >= 1, 180, what="SR/SEG in Orthanc")
+    wait_results(pacs, study.study_uid)
     print(f"last instance → results in Orthanc (encrypted service): {time.monotonic() - t0:.1f} s")
     res = results_in(pacs, study.study_uid)
     assert len(res.get("SR", [])) == 1

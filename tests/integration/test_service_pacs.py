@@ -87,6 +87,12 @@ def results_in(pacs: OrthancServer, study_uid: str) -> dict[str, list[dict]]:
     return out
 
 
+def wait_results(pacs: OrthancServer, study_uid: str, kinds: tuple[str, ...] = ("SR", "SEG", "PR"),
+                 timeout: float = 180) -> None:
+    """Wait until Orthanc holds at least one result object of every kind (they arrive one by one)."""
+    wait_for(lambda: all(results_in(pacs, study_uid).get(k) for k in kinds), timeout, what=f"{'/'.join(kinds)} in Orthanc")
+
+
 def evidence_uids(sr_tags: dict) -> set[str]:
     return {inst["ReferencedSOPInstanceUID"]
             for study in sr_tags.get("CurrentRequestedProcedureEvidenceSequence", [])
@@ -114,7 +120,7 @@ def test_push_storescu_to_results_in_orthanc(pacs: OrthancServer, study: Study, 
     r = storescu(svc.dicom_port, study.files)
     assert r.returncode == 0, r.stderr
     t_last = time.monotonic()
-    wait_for(lambda: len(results_in(pacs, study.study_uid).get("SEG", [])) >= 1, 180, what="SR/SEG in Orthanc")
+    wait_results(pacs, study.study_uid)
     elapsed = time.monotonic() - t_last
     res = check_results(pacs, study, svc)
     assert "PR" in res  # the GSPS too
