@@ -179,6 +179,14 @@ class Predictor:
         if not volume.is_volumetric and volume.pixels.shape[0] == 1:
             return self.predict_image(volume)
         slices, timings = self.predict_slices(volume)
+        cands = self.candidates(volume, slices, timings)
+        return SeriesPrediction(volume, candidates=cands, timings=timings)
+
+    def candidates(self, volume: Volume, slices: list[SliceDetections],
+                   timings: dict[str, float] | None = None) -> list[Candidate3D]:
+        """Per-slice detections → 3D candidates: linked, rescored when the package has a rescorer,
+        filtered at ``config.conf`` and sorted by descending confidence. Adds stage times to ``timings``."""
+        timings = timings if timings is not None else {}
         t0 = time.perf_counter()
         cands = aggregate(slices, volume.affine, self.config.aggregate)
         timings["aggregate"] = time.perf_counter() - t0
@@ -187,7 +195,7 @@ class Predictor:
             cands = [c for c in self.rescorer(cands, volume.pixels, float(volume.spacing_mm[0]))
                      if c.confidence >= self.config.conf]
             timings["rescore"] = time.perf_counter() - t0
-        return SeriesPrediction(volume, candidates=cands, timings=timings)
+        return cands
 
     # ------------------------------------------------------------------------------ 2D
     def predict_image(self, volume: Volume) -> SeriesPrediction:

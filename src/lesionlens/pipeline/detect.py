@@ -30,7 +30,7 @@ from lesionlens.dicom.types import Catalog, Problem, StudyRecord, Volume
 from lesionlens.dicom.write import uid_from_seed
 from lesionlens.engine.predict import Backend, PredictConfig, Predictor, class_name
 from lesionlens.errors import ConfigError, LesionLensError
-from lesionlens.pipeline.aggregate import Candidate3D, aggregate
+from lesionlens.pipeline.aggregate import Candidate3D
 from lesionlens.pipeline.clinical import suggest
 from lesionlens.pipeline.fpr import FPRConfig, apply_filters
 from lesionlens.pipeline.lung import lung_info, lung_mask
@@ -171,9 +171,7 @@ class Detector:
         if not volume.is_volumetric:
             out.warnings.append("the series has no consistent 3D geometry; sizes and locations are approximate")
         slices, timings = self.predictor.predict_slices(volume)
-        t0 = time.perf_counter()
-        cands = aggregate(slices, volume.affine, cfg.predict.aggregate)
-        timings["aggregate"] = time.perf_counter() - t0
+        cands = self.predictor.candidates(volume, slices, timings)  # linked (and rescored), >= conf
         cands.sort(key=lambda c: -c.confidence)
         lesions = [self._lesion(volume, c, i) for i, c in enumerate(cands[: cfg.max_candidates])]
         if len(cands) > cfg.max_candidates:
@@ -231,7 +229,9 @@ class Detector:
                       slices=(min(c.slices), max(c.slices)), center_mm=np.asarray(c.center_mm, np.float64),
                       diameter_mm=float(c.diameter_mm),
                       extra={"drift_mm": float(c.drift_mm), "z_extent_mm": float(c.z_extent_mm),
-                             "n_boxes": int(c.n_boxes)})
+                             "n_boxes": int(c.n_boxes),
+                             **({"detector_confidence": float(c.detector_confidence)}
+                                if c.detector_confidence is not None else {})})
 
     def _split(self, out: SeriesResult, lesions: list[Lesion], volume: Volume) -> None:
         """Kept lesions get L1, L2, … (by confidence) and a stable tracking UID; rejected ones R1, …"""
