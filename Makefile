@@ -42,8 +42,12 @@ test: setup
 train-default: setup
 	$(VENV)/bin/lesionlens train --recipe default --out runs/default-recipe
 
+# trains or runs the detector over many phantoms (15-45 min): run by hand, commands in the docs
+LONG_BENCH = bench/bench_ablation.py bench/bench_rescorer.py
+
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(filter-out $(LONG_BENCH),$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
+	@echo "not run (long; see docs/models.md and docs/detection.md): $(LONG_BENCH)"
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
