@@ -207,3 +207,24 @@ def test_labels_follow_the_luna16_hit_rule() -> None:
     y, keep = label_candidates(cands, truth)
     assert y.tolist() == [1.0, 0.0, 0.0, 0.0]  # strictly inside the radius only
     assert keep.tolist() == [True, True, False, True]
+
+
+def test_recipe_skips_the_rescorer_when_the_detector_hits_nothing(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An undertrained detector (here: phantoms without nodules) gives no hits: the recipe says so
+    and leaves the package unrescored instead of failing the whole run."""
+    import lesionlens.engine.recipes as recipes
+    from lesionlens.engine.predict import resolve_model
+    from lesionlens.synth.ct import CTPhantomConfig
+
+    monkeypatch.setattr(recipes, "_phantom_config", lambda spacings: CTPhantomConfig(
+        matrix=(256, 256), n_slices=32, slice_spacings_mm=spacings, p_no_nodules=1.0))
+    pkg = tmp_path / "pkg"
+    shutil.copytree(resolve_model("default"), pkg)
+    (pkg / RESCORER_FILE).unlink()
+    said: list[str] = []
+    info = recipes.fit_default_rescorer(pkg, recipes.DefaultRecipe(rescorer_studies=1, rescorer_seed0=778_000,
+                                                                   threads=1), tmp_path / "cache", log=said.append)
+    assert info["skipped"] and info["n_positive"] == 0
+    assert not (pkg / RESCORER_FILE).exists()
+    assert any("rescorer not fitted" in m and "0 hits" in m for m in said)

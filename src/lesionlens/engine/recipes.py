@@ -240,6 +240,12 @@ def fit_default_rescorer(pkg: Path, recipe: DefaultRecipe, cache: Path, *, log: 
         ys.append(y[keep])
         log(f"rescorer phantom {i + 1}/{recipe.rescorer_studies}: {len(cands)} candidates, {int(y.sum())} hits")
     seeds = [recipe.rescorer_seed0, recipe.rescorer_seed0 + recipe.rescorer_studies - 1]
+    y_all = np.concatenate(ys)
+    if not 0 < int(y_all.sum()) < len(y_all):
+        # a detector that hits no nodule (or nothing else) gives nothing to learn: keep it unrescored
+        log(f"rescorer not fitted: the detector's {len(y_all)} candidates on {recipe.rescorer_studies} phantoms "
+            f"include {int(y_all.sum())} hits; it needs hits and misses (train longer?)")
+        return {"skipped": True, "n_candidates": int(len(y_all)), "n_positive": int(y_all.sum()), "seeds": seeds}
     r = fit_rescorer(np.concatenate(xs), np.concatenate(ys), hidden=int(RESCORER_FIT["hidden"]),
                      epochs=int(RESCORER_FIT["epochs"]), weight_decay=float(RESCORER_FIT["weight_decay"]),
                      pos_weight=float(RESCORER_FIT["pos_weight"]), box_conf=box_conf, info={"seeds": seeds, "phantoms": recipe.rescorer_studies})
