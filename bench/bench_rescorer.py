@@ -30,30 +30,19 @@ def main() -> None:
     import torch
 
     from lesionlens.engine.predict import PredictConfig, Predictor
-    from lesionlens.engine.recipes import RESCORER_FIT, DefaultRecipe, _cache_phantom, _load_cached
+    from lesionlens.engine.recipes import RESCORER_FIT, DefaultRecipe, rescorer_cases
     from lesionlens.metrics.froc import FROCScan, compute_froc
-    from lesionlens.pipeline.rescore import (
-        FEATURES,
-        candidate_features,
-        fit_rescorer,
-        label_candidates,
-    )
+    from lesionlens.pipeline.rescore import FEATURES, fit_rescorer
 
     torch.set_num_threads(args.threads)
-    spacings = DefaultRecipe().test_slice_spacings_mm
     pred = Predictor(args.model, threads=args.threads,
                      config=PredictConfig(conf=float(RESCORER_FIT["box_conf"]), max_det=300, rescore=False))
-    data = []
     t0 = time.perf_counter()
-    for i in range(args.phantoms):
-        case = _load_cached(_cache_phantom(args.seed0 + i, spacings, args.cache))
-        cands = pred.predict_volume(case.volume).candidates
-        y, keep = label_candidates(cands, case.truth)
-        x = candidate_features(cands, case.volume.pixels, float(case.volume.spacing_mm[0]))
-        pts = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
-        data.append({"x": x, "y": y, "keep": keep, "pts": pts, "s": np.array([c.confidence for c in cands]),
-                     "truth": case.truth})
-        print(f"phantom {i + 1}/{args.phantoms}: {len(cands)} candidates, {int(y.sum())} hits", flush=True)
+    cases = rescorer_cases(pred, args.seed0, args.phantoms, DefaultRecipe().test_slice_spacings_mm, args.cache,
+                           log=lambda m: print(m, flush=True))
+    data = [{"x": c.x, "y": c.y, "keep": c.keep, "truth": c.truth,
+             "pts": np.array([k.center_mm for k in c.candidates], np.float64).reshape(-1, 3),
+             "s": np.array([k.confidence for k in c.candidates])} for c in cases]
     print(f"detector over {args.phantoms} phantoms: {time.perf_counter() - t0:.0f} s")
 
     def froc(scores: list[np.ndarray]) -> tuple[float, list[float]]:

@@ -130,8 +130,9 @@ def test_load_refuses_bad_files(tmp_path: Path) -> None:
     d = tmp_path / "garbage"
     d.mkdir()
     (d / RESCORER_FILE).write_text("{not json")
-    with pytest.raises(DataFormatError, match="cannot read"):
+    with pytest.raises(DataFormatError, match="not valid JSON") as info:
         Rescorer.load(d)
+    assert RESCORER_FILE in str(info.value)
 
 
 def test_predictor_applies_the_package_rescorer(tmp_path: Path) -> None:

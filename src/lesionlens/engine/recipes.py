@@ -220,35 +220,60 @@ def finalize_package(pkg: Path, recipe: DefaultRecipe, results: list[dict[str, A
 RESCORER_FIT = {"hidden": 32, "epochs": 500, "weight_decay": 1e-3, "pos_weight": 1.0, "box_conf": 0.01}
 
 
+@dataclass
+class RescorerCase:
+    """One phantom's detector candidates as rescorer data: ``x`` features, ``y`` LUNA16 hit labels
+    and ``keep`` (False for candidates that hit only an excluded finding), all ``(N, ...)``."""
+
+    truth: Any
+    candidates: list[Any]
+    x: np.ndarray
+    y: np.ndarray
+    keep: np.ndarray
+
+
+def rescorer_cases(predictor: Any, seed0: int, n: int, spacings: tuple[float, ...], cache: Path, *,
+                   log: Any = print) -> list[RescorerCase]:
+    """Run ``predictor`` (built with ``rescore=False``) over ``n`` cached phantoms from ``seed0``
+    and label its candidates: the data :func:`fit_default_rescorer` fits on and
+    ``bench/bench_rescorer.py`` cross-validates on."""
+    from lesionlens.pipeline.rescore import candidate_features, label_candidates
+
+    out = []
+    for i in range(n):
+        case = _load_cached(_cache_phantom(seed0 + i, spacings, cache))
+        cands = predictor.predict_volume(case.volume).candidates
+        y, keep = label_candidates(cands, case.truth)
+        x = candidate_features(cands, case.volume.pixels, float(case.volume.spacing_mm[0]))
+        out.append(RescorerCase(case.truth, cands, x, y, keep))
+        log(f"rescorer phantom {i + 1}/{n}: {len(cands)} candidates, {int(y.sum())} hits")
+    return out
+
+
 def fit_default_rescorer(pkg: Path, recipe: DefaultRecipe, cache: Path, *, log: Any = print) -> dict[str, Any]:
     """Fit the candidate rescorer of ``pkg`` on ``recipe.rescorer_studies`` phantoms from
     ``recipe.rescorer_seed0`` (a seed range used neither for training nor for testing): the
     detector runs over each phantom at box threshold 0.01, its candidates are labelled by the
     LUNA16 hit rule and the perceptron is fitted on all of them. Writes ``pkg/rescorer.json``."""
     from lesionlens.engine.predict import PredictConfig, Predictor
-    from lesionlens.pipeline.rescore import candidate_features, fit_rescorer, label_candidates
+    from lesionlens.pipeline.rescore import fit_rescorer
 
     box_conf = float(RESCORER_FIT["box_conf"])
     pred = Predictor(pkg, backend="onnx", threads=recipe.threads or None,
                      config=PredictConfig(conf=box_conf, max_det=300, rescore=False))
-    xs, ys = [], []
-    for i in range(recipe.rescorer_studies):
-        case = _load_cached(_cache_phantom(recipe.rescorer_seed0 + i, recipe.test_slice_spacings_mm, cache))
-        cands = pred.predict_volume(case.volume).candidates
-        y, keep = label_candidates(cands, case.truth)
-        xs.append(candidate_features(cands, case.volume.pixels, float(case.volume.spacing_mm[0]))[keep])
-        ys.append(y[keep])
-        log(f"rescorer phantom {i + 1}/{recipe.rescorer_studies}: {len(cands)} candidates, {int(y.sum())} hits")
+    cases = rescorer_cases(pred, recipe.rescorer_seed0, recipe.rescorer_studies, recipe.test_slice_spacings_mm,
+                           cache, log=log)
+    x = np.concatenate([c.x[c.keep] for c in cases])
+    y = np.concatenate([c.y[c.keep] for c in cases])
     seeds = [recipe.rescorer_seed0, recipe.rescorer_seed0 + recipe.rescorer_studies - 1]
-    y_all = np.concatenate(ys)
-    if not 0 < int(y_all.sum()) < len(y_all):
+    if not 0 < int(y.sum()) < len(y):
         # a detector that hits no nodule (or nothing else) gives nothing to learn: keep it unrescored
-        log(f"rescorer not fitted: the detector's {len(y_all)} candidates on {recipe.rescorer_studies} phantoms "
-            f"include {int(y_all.sum())} hits; it needs hits and misses (train longer?)")
-        return {"skipped": True, "n_candidates": int(len(y_all)), "n_positive": int(y_all.sum()), "seeds": seeds}
-    r = fit_rescorer(np.concatenate(xs), np.concatenate(ys), hidden=int(RESCORER_FIT["hidden"]),
-                     epochs=int(RESCORER_FIT["epochs"]), weight_decay=float(RESCORER_FIT["weight_decay"]),
-                     pos_weight=float(RESCORER_FIT["pos_weight"]), box_conf=box_conf, info={"seeds": seeds, "phantoms": recipe.rescorer_studies})
+        log(f"rescorer not fitted: the detector's {len(y)} candidates on {recipe.rescorer_studies} phantoms "
+            f"include {int(y.sum())} hits; it needs hits and misses (train longer?)")
+        return {"skipped": True, "n_candidates": int(len(y)), "n_positive": int(y.sum()), "seeds": seeds}
+    r = fit_rescorer(x, y, hidden=int(RESCORER_FIT["hidden"]), epochs=int(RESCORER_FIT["epochs"]),
+                     weight_decay=float(RESCORER_FIT["weight_decay"]), pos_weight=float(RESCORER_FIT["pos_weight"]),
+                     box_conf=box_conf, info={"seeds": seeds, "phantoms": recipe.rescorer_studies})
     r.save(pkg)
     return r.info
 

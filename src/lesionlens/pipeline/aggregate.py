@@ -75,27 +75,10 @@ class Candidate3D:
     detector_confidence: float | None = None  # set when a rescorer replaced ``confidence``
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def _linked(a: np.ndarray, b: np.ndarray, cfg: AggregateConfig) -> float:
-    """A link strength in (0, 1] or 0 when the boxes should not be linked."""
-    iou = _iou(a, b)
-    if iou >= cfg.min_iou:
-        return 1.0 + iou
-    ca, cb = (a[:2] + a[2:]) / 2, (b[:2] + b[2:]) / 2
-    side = max(float(np.mean(a[2:] - a[:2])), float(np.mean(b[2:] - b[:2])))
-    d = float(np.linalg.norm(ca - cb))
-    return 1.0 - d / (cfg.center_frac * side) if d < cfg.center_frac * side else 0.0
-
-
 def _link_matrix(prev: np.ndarray, cur: np.ndarray, cfg: AggregateConfig) -> np.ndarray:
-    """:func:`_linked` for every (current box, previous box) pair: ``(len(cur), len(prev))``."""
+    """Link strengths of every (current box, previous box) pair, ``(len(cur), len(prev))``:
+    ``1 + IoU`` when the IoU reaches ``min_iou``; else ``1 − d / (center_frac · side)`` when the
+    centre distance ``d`` is under ``center_frac`` × the larger box's mean side; else 0 (no link)."""
     ix = np.clip(np.minimum(cur[:, None, 2], prev[None, :, 2]) - np.maximum(cur[:, None, 0], prev[None, :, 0]), 0, None)
     iy = np.clip(np.minimum(cur[:, None, 3], prev[None, :, 3]) - np.maximum(cur[:, None, 1], prev[None, :, 1]), 0, None)
     inter = ix * iy
@@ -142,21 +125,21 @@ def link_tracks(dets: list[SliceDetections], config: AggregateConfig | None = No
         taken = np.zeros(len(active), bool)
         new_active = []
         for i in order:
-            row = np.where(taken, 0.0, strength[i]) if len(active) else strength[i]
+            row = np.where(taken, 0.0, strength[i])
             j = int(np.argmax(row)) if row.size else -1
+            box = np.asarray(d.boxes[i], np.float64)
             if j >= 0 and row[j] > 0.0:
                 t = active[j]
                 taken[j] = True
-            else:
-                t = len(tracks)
-                tracks.append([])
+                tracks[t].append((k, int(i)))
+                last_k[t], last_box[t] = k, box
+            else:  # a new track (its index is above every open one: ``active`` stays ascending)
+                new_active.append(len(tracks))
+                tracks.append([(k, int(i))])
                 last_k.append(k)
-                last_box.append(np.zeros(4))
+                last_box.append(box)
                 last_label.append(int(labels[i]))
-                new_active.append(t)
-            tracks[t].append((k, int(i)))
-            last_k[t], last_box[t] = k, np.asarray(d.boxes[i], np.float64)
-        active = sorted(set(active) | set(new_active))
+        active += new_active
     return tracks
 
 

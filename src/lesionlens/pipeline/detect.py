@@ -171,8 +171,7 @@ class Detector:
         if not volume.is_volumetric:
             out.warnings.append("the series has no consistent 3D geometry; sizes and locations are approximate")
         slices, timings = self.predictor.predict_slices(volume)
-        cands = self.predictor.candidates(volume, slices, timings)  # linked (and rescored), >= conf
-        cands.sort(key=lambda c: -c.confidence)
+        cands = self.predictor.candidates(volume, slices, timings)  # linked (and rescored), >= conf, sorted
         lesions = [self._lesion(volume, c, i) for i, c in enumerate(cands[: cfg.max_candidates])]
         if len(cands) > cfg.max_candidates:
             out.warnings.append(f"{len(cands) - cfg.max_candidates} low-confidence candidates were not measured "

@@ -16,7 +16,6 @@ and keeps the detector's own score in ``detector_confidence``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lesionlens.errors import DataFormatError, ModelError
+from lesionlens.jsonio import read_json, write_json
 from lesionlens.pipeline.aggregate import Candidate3D
 
 SCHEMA = "lesionlens.rescorer/1"
@@ -147,11 +147,7 @@ class Rescorer:
                 "b1": self.b1.tolist(), "w2": self.w2.tolist(), "b2": float(self.b2), "info": self.info}
 
     def save(self, package: str | Path) -> Path:
-        path = Path(package) / RESCORER_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return write_json(self.to_dict(), Path(package) / RESCORER_FILE)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = RESCORER_FILE) -> Rescorer:
@@ -179,11 +175,7 @@ class Rescorer:
         path = Path(package) / RESCORER_FILE
         if not path.is_file():
             return None
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataFormatError(f"cannot read the rescorer: {exc}", path=path) from exc
-        return cls.from_dict(doc, str(path))
+        return cls.from_dict(read_json(path), str(path))
 
 
 def fit_rescorer(x: np.ndarray, y: np.ndarray, *, hidden: int = 16, epochs: int = 300, lr: float = 0.02,
