@@ -11,6 +11,7 @@ import pytest
 
 from lesionlens.errors import DataFormatError, ModelError
 from lesionlens.pipeline.aggregate import Candidate3D
+from lesionlens.pipeline.patchnet import PATCH_FILE
 from lesionlens.pipeline.rescore import (
     FEATURES,
     RESCORER_FILE,
@@ -145,6 +146,7 @@ def test_predictor_applies_the_package_rescorer(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
     shutil.copytree(resolve_model("default"), pkg)
     (pkg / RESCORER_FILE).unlink(missing_ok=True)
+    (pkg / PATCH_FILE).unlink(missing_ok=True)
     ph = generate_ct(5, CTPhantomConfig(matrix=(256, 256), n_slices=40, p_no_nodules=0.0))
     vol = Volume(pixels=ph.hu.astype(np.float32), affine=ph.affine, modality="CT", study_instance_uid="1.2",
                  series_instance_uid="1.2.3", is_volumetric=True, has_patient_geometry=True)
@@ -180,6 +182,7 @@ def test_recipe_fits_a_rescorer_that_the_predictor_then_uses(tmp_path: Path, mon
     pkg = tmp_path / "pkg"
     shutil.copytree(resolve_model("default"), pkg)
     (pkg / RESCORER_FILE).unlink(missing_ok=True)
+    (pkg / PATCH_FILE).unlink(missing_ok=True)
     recipe = recipes.DefaultRecipe(rescorer_studies=2, rescorer_seed0=777_000, threads=1)
     info = recipes.fit_default_rescorer(pkg, recipe, tmp_path / "cache", log=lambda m: None)
     assert info["seeds"] == [777_000, 777_001] and info["phantoms"] == 2
@@ -222,7 +225,8 @@ def test_recipe_skips_the_rescorer_when_the_detector_hits_nothing(tmp_path: Path
         matrix=(256, 256), n_slices=32, slice_spacings_mm=spacings, p_no_nodules=1.0))
     pkg = tmp_path / "pkg"
     shutil.copytree(resolve_model("default"), pkg)
-    (pkg / RESCORER_FILE).unlink()
+    (pkg / RESCORER_FILE).unlink(missing_ok=True)
+    (pkg / PATCH_FILE).unlink(missing_ok=True)
     said: list[str] = []
     info = recipes.fit_default_rescorer(pkg, recipes.DefaultRecipe(rescorer_studies=1, rescorer_seed0=778_000,
                                                                    threads=1), tmp_path / "cache", log=said.append)

@@ -26,6 +26,7 @@ from lesionlens.engine.preprocess import normalize, pad_to_multiple
 from lesionlens.errors import ConfigError, ModelError
 from lesionlens.models.postprocess import Detections, Postprocessor, batched_nms
 from lesionlens.pipeline.aggregate import AggregateConfig, Candidate3D, SliceDetections, aggregate
+from lesionlens.pipeline.patchnet import PATCH_FILE, PatchClassifier
 from lesionlens.pipeline.rescore import RESCORER_FILE, Rescorer
 
 Backend = Literal["onnx", "torch"]
@@ -79,8 +80,10 @@ def froc_config(package: str | Path, *, rescore: bool = True) -> PredictConfig:
     """The configuration for FROC evaluation: every candidate down the low-confidence tail.
 
     Boxes are kept from 0.01 (below that the tracks are noise and linking grows quadratic); with
-    a rescorer the boxes are at its own threshold and every rescored candidate is kept."""
-    has = rescore and (resolve_model(package) / RESCORER_FILE).is_file()
+    a rescorer or a patch classifier the boxes are at its own threshold and every rescored
+    candidate is kept."""
+    pkg = resolve_model(package)
+    has = rescore and ((pkg / RESCORER_FILE).is_file() or (pkg / PATCH_FILE).is_file())
     return PredictConfig(conf=0.0 if has else 0.01, max_det=300, rescore=rescore)
 
 
@@ -98,7 +101,10 @@ class Predictor:
         # CT: with a rescorer, candidates are built from boxes at the threshold it was fitted
         # with (the tracks it learnt from), then filtered on the rescored confidence
         self.rescorer = Rescorer.load(self.package) if self.config.rescore else None
-        box_conf = self.rescorer.box_conf if self.rescorer else self.config.conf
+        # the 3D patch classifier (false-positive reduction, pipeline/patchnet.py) runs after it
+        self.patch = PatchClassifier.load(self.package, threads) if self.config.rescore else None
+        fitted = [r.box_conf for r in (self.rescorer, self.patch) if r is not None]
+        box_conf = min(fitted) if fitted else self.config.conf
         self.post_ct = Postprocessor(conf=box_conf, iou=self.config.iou, max_det=self.config.max_det,
                                      pre_nms_topk=max(3000, self.config.max_det))
         self.backend = backend
@@ -192,9 +198,14 @@ class Predictor:
         timings["aggregate"] = time.perf_counter() - t0
         if self.rescorer is not None:
             t0 = time.perf_counter()
-            cands = [c for c in self.rescorer(cands, volume.pixels, float(volume.spacing_mm[0]))
-                     if c.confidence >= self.config.conf]
+            cands = self.rescorer(cands, volume.pixels, float(volume.spacing_mm[0]))
             timings["rescore"] = time.perf_counter() - t0
+        if self.patch is not None:
+            t0 = time.perf_counter()
+            cands = self.patch(cands, volume.pixels, np.asarray(volume.affine))
+            timings["patch_classifier"] = time.perf_counter() - t0
+        if self.rescorer is not None or self.patch is not None:
+            cands = [c for c in cands if c.confidence >= self.config.conf]
         return cands
 
     # ------------------------------------------------------------------------------ 2D

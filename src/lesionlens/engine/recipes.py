@@ -57,6 +57,8 @@ class DefaultRecipe:
     score_floor: float = 0.0  # least class target of a box's best anchor (models/assigner.py)
     rescorer_studies: int = 0  # > 0: fit a candidate rescorer on this many phantoms (pipeline/rescore.py)
     rescorer_seed0: int = 500_000  # its seeds: never used to train the detector nor to test
+    fpr_studies: int = 0  # > 0: train the 3D patch classifier on this many training phantoms
+    fpr_epochs: int = 12
     second_test_studies: int = 0  # > 0: also evaluate on a second held-out set (seeds second_test_seed0…)
     second_test_seed0: int = 920_000
     seed: int = 0
@@ -158,6 +160,10 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
         t0 = time.perf_counter()
         fit_default_rescorer(pkg, recipe, cache, log=log)
         times["fit_rescorer"] = time.perf_counter() - t0
+    if recipe.fpr_studies:
+        t0 = time.perf_counter()
+        fit_default_patch_classifier(pkg, recipe, cache, log=log)
+        times["fit_patch_classifier"] = time.perf_counter() - t0
 
     pred = Predictor(pkg, backend="onnx", threads=2, config=froc_config(pkg))
     results: list[dict[str, Any]] = []
@@ -189,7 +195,7 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     return out
 
 
-MODEL_NAME, MODEL_VERSION = "lesionlens-ct-nodule-n", "0.2.0"  # 0.2.0: with the candidate rescorer
+MODEL_NAME, MODEL_VERSION = "lesionlens-ct-nodule-n", "0.3.0"  # 0.3.0: with the 3D patch classifier
 
 
 def finalize_package(pkg: Path, recipe: DefaultRecipe, results: list[dict[str, Any]], images_per_s: float,
@@ -278,10 +284,70 @@ def fit_default_rescorer(pkg: Path, recipe: DefaultRecipe, cache: Path, *, log: 
     return r.info
 
 
+#: patches mined per phantom: the detector's most confident false candidates and a random sample
+#: of the rest; every true nodule also gives this many jittered cubes
+FPR_MINING = {"box_conf": 0.01, "top_negatives": 300, "random_negatives": 200, "truth_copies": 4}
+
+
+def patch_training_data(predictor: Any, seeds: list[int], spacings: tuple[float, ...], cache: Path, *,
+                        seed: int = 0, log: Any = print) -> tuple[np.ndarray, np.ndarray]:
+    """``(pos, neg)`` int16 HU cubes for :func:`~lesionlens.pipeline.patchnet.fit_patch_classifier`
+    from the cached phantoms ``seeds``: ``predictor`` (``rescore=False``) proposes candidates, the
+    LUNA16 hit rule labels them (those hitting only an excluded finding are dropped)."""
+    from lesionlens.pipeline.patchnet import extract_patches
+    from lesionlens.pipeline.rescore import label_candidates
+
+    rng = np.random.default_rng(seed)
+    pos, neg = [], []
+    for i, sd in enumerate(seeds):
+        case = _load_cached(_cache_phantom(sd, spacings, cache))
+        vol = case.volume
+        cands = predictor.predict_volume(vol).candidates
+        y, keep = label_candidates(cands, case.truth)
+        s = np.array([c.confidence for c in cands])
+        false = np.flatnonzero((y == 0) & keep)
+        top = false[np.argsort(-s[false], kind="stable")][: FPR_MINING["top_negatives"]]
+        rest = np.setdiff1d(false, top)
+        pick = np.r_[top, rng.choice(rest, min(FPR_MINING["random_negatives"], len(rest)), replace=False)]
+        centers = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
+        lesions = [les for les in case.truth.lesions if not les.excluded]
+        jitter = [np.asarray(les.center_mm, np.float64) + rng.uniform(-1, 1, 3) * min(les.diameter_mm / 4, 2.0)
+                  for les in lesions for _ in range(FPR_MINING["truth_copies"])]
+        pc = np.concatenate([centers[y > 0], np.array(jitter).reshape(-1, 3)])
+        pos.append(extract_patches(vol.pixels, vol.affine, pc).astype(np.int16))
+        neg.append(extract_patches(vol.pixels, vol.affine, centers[pick.astype(int)]).astype(np.int16))
+        log(f"patch phantom {i + 1}/{len(seeds)}: {len(pc)} positive and {len(pick)} negative cubes")
+    return np.concatenate(pos), np.concatenate(neg)
+
+
+def fit_default_patch_classifier(pkg: Path, recipe: DefaultRecipe, cache: Path, *,
+                                 log: Any = print) -> dict[str, Any]:
+    """Train the 3D patch classifier of ``pkg`` on the detector's candidates over the first
+    ``recipe.fpr_studies`` training phantoms and write ``pkg/fpr.onnx``."""
+    from lesionlens.engine.predict import PredictConfig, Predictor
+    from lesionlens.pipeline.patchnet import PATCH_FILE, PatchFitConfig, export_patch_classifier, fit_patch_classifier
+
+    box_conf = float(FPR_MINING["box_conf"])
+    pred = Predictor(pkg, backend="onnx", threads=recipe.threads or None,
+                     config=PredictConfig(conf=box_conf, max_det=300, rescore=False))
+    seeds = [recipe.train_seed0 + i for i in range(recipe.fpr_studies)]
+    pos, neg = patch_training_data(pred, seeds, recipe.slice_spacings_mm, cache, seed=recipe.seed, log=log)
+    info = {"box_conf": box_conf, "seeds": [seeds[0], seeds[-1]], "n_positive": int(len(pos)),
+            "n_negative": int(len(neg)), "epochs": recipe.fpr_epochs, **FPR_MINING}
+    if len(pos) == 0 or len(neg) == 0:
+        log(f"patch classifier not trained: {len(pos)} positive and {len(neg)} negative cubes")
+        return {"skipped": True, **info}
+    net = fit_patch_classifier(pos, neg, PatchFitConfig(epochs=recipe.fpr_epochs, seed=recipe.seed,
+                                                         threads=recipe.threads or None), log=log)
+    export_patch_classifier(net, pkg / PATCH_FILE, info)
+    return info
+
+
 def install_package(pkg: Path, dest: Path) -> None:
     """Copy the files a package needs for prediction (no optimizer state) to ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("model.safetensors", "model.json", "meta.json", "model.onnx", "rescorer.json", "MODEL_CARD.md"):
+    for name in ("model.safetensors", "model.json", "meta.json", "model.onnx", "rescorer.json", "fpr.onnx",
+                 "MODEL_CARD.md"):
         if (pkg / name).is_file():
             shutil.copy2(pkg / name, dest / name)
 
@@ -336,6 +402,13 @@ not been used for any choice:
         f"{recipe.rescorer_studies} further phantoms (seeds {recipe.rescorer_seed0}…"
         f"{recipe.rescorer_seed0 + recipe.rescorer_studies - 1}), used neither for training nor for testing; "
         "its confidence is the estimated probability that a candidate is a nodule (on these phantoms).")
+    if recipe.fpr_studies:
+        rescorer += (
+            "\nEach 3D candidate is then checked by a 3D patch classifier (`lesionlens/pipeline/patchnet.py`, "
+            "`fpr.onnx`: a small 3D CNN on a 24 mm cube of HU sampled at 1 mm around it), trained on the "
+            f"detector's candidates over the first {recipe.fpr_studies} training phantoms and on their true "
+            "nodules; a candidate's confidence is the geometric mean of the detector's score and the "
+            "classifier's probability.")
     return f"""# Model card — lesionlens-ct-nodule-n (default)
 
 **{NOTICE}**
@@ -384,7 +457,8 @@ and expected to be much lower. Trained only on chest CT; other modalities are ou
 #: The shipped default model: stage 1 from scratch, then stage 2 warm-started from stage 1's best
 #: weights on twice the phantoms with a longer schedule, then stage 3 from stage 2 on more phantoms
 #: with small lesions drawn more often, then stage 4 from stage 3 with copy-paste of lesions; the
-#: last stage also fits the candidate rescorer and is evaluated on a second held-out set.
+#: last stage also trains the 3D patch classifier (false-positive reduction) and is evaluated on a
+#: second held-out set.
 #: ``"@previous"`` names the previous stage's best package.
 DEFAULT_STAGES: tuple[DefaultRecipe, ...] = (
     DefaultRecipe(),
@@ -393,7 +467,7 @@ DEFAULT_STAGES: tuple[DefaultRecipe, ...] = (
     DefaultRecipe(train_studies=100, val_studies=4, epochs=36, steps_per_epoch=120, val_every=6, lr=1.5e-3,
                   small_boost=2.0, model="@previous"),
     DefaultRecipe(train_studies=100, val_studies=4, epochs=30, steps_per_epoch=120, val_every=6, lr=1e-3,
-                  small_boost=2.0, copy_paste=0.3, model="@previous", rescorer_studies=40, second_test_studies=30),
+                  small_boost=2.0, copy_paste=0.3, model="@previous", fpr_studies=104, second_test_studies=30),
 )
 
 

@@ -73,6 +73,7 @@ class Candidate3D:
     n_boxes: int = 0
     slice_scores: list[float] = field(default_factory=list)
     detector_confidence: float | None = None  # set when a rescorer replaced ``confidence``
+    patch_probability: float | None = None  # the 3D patch classifier's probability (pipeline/patchnet.py)
 
 
 def _link_matrix(prev: np.ndarray, cur: np.ndarray, cfg: AggregateConfig) -> np.ndarray:

@@ -230,7 +230,9 @@ class Detector:
                       extra={"drift_mm": float(c.drift_mm), "z_extent_mm": float(c.z_extent_mm),
                              "n_boxes": int(c.n_boxes),
                              **({"detector_confidence": float(c.detector_confidence)}
-                                if c.detector_confidence is not None else {})})
+                                if c.detector_confidence is not None else {}),
+                             **({"patch_probability": float(c.patch_probability)}
+                                if c.patch_probability is not None else {})})
 
     def _split(self, out: SeriesResult, lesions: list[Lesion], volume: Volume) -> None:
         """Kept lesions get L1, L2, … (by confidence) and a stable tracking UID; rejected ones R1, …"""

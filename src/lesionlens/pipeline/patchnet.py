@@ -1,0 +1,235 @@
+"""3D patch classifier: false-positive reduction that looks at each candidate in 3D.
+
+The detector sees one 2.5D stack at a time. Many of its confident marks are vessels cut across,
+which look like a nodule on one slice but run on through the volume, while a small nodule can
+get a low score. LUNA16-era systems add a second stage: a small 3D CNN that sees a cube of HU
+around each candidate. This one samples a 24 mm cube at 1 mm (trilinear, in patient
+coordinates, so slice spacing and pixel size do not matter), runs a 0.1 M-parameter 3D CNN on it
+(ONNX Runtime at inference, ``fpr.onnx`` in the model package), and combines its probability
+``p`` with the detector's score ``s`` as their geometric mean ``sqrt(s · p)``: either stage alone
+can veto a candidate, and neither needs a threshold of its own.
+
+Training data (:func:`fit_patch_classifier`): positives are cubes around true nodule centres
+(jittered) and around candidates that hit a nodule; negatives are the detector's own candidates
+that hit nothing — its most confident ones and a random sample of the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionlens.errors import ModelError
+from lesionlens.pipeline.aggregate import Candidate3D
+
+PATCH_FILE = "fpr.onnx"
+SCHEMA = "lesionlens.patchnet/1"
+SIZE, STEP_MM = 24, 1.0
+HU_LO, HU_HI, HU_CENTER, HU_SCALE = -1000.0, 400.0, -300.0, 700.0
+INPUT_NAME, OUTPUT_NAME = "patches", "logits"
+
+
+def _offsets(size: int, step: float) -> np.ndarray:
+    """(3, size³) LPS offsets (x, y, z) in mm of a cube's sample points; array order (z, y, x)."""
+    o = (np.arange(size) - (size - 1) / 2) * step
+    z, y, x = np.meshgrid(o, o, o, indexing="ij")
+    return np.stack([x.ravel(), y.ravel(), z.ravel()])
+
+
+def extract_patches(pixels: np.ndarray, affine: np.ndarray, centers_mm: np.ndarray, *, size: int = SIZE,
+                    step_mm: float = STEP_MM, chunk: int = 128) -> np.ndarray:
+    """``(N, size, size, size)`` float32 HU cubes centred on ``centers_mm`` ((N, 3) LPS mm).
+
+    pixels: ``(K, R, C)`` HU; affine: ``lps = affine @ [k, r, c, 1]``. Axes of a cube are
+    patient z, y, x (head-foot, anterior-posterior, right-left) at ``step_mm``; trilinear
+    sampling, -1000 HU outside the volume.
+    """
+    from scipy import ndimage as ndi
+
+    centers = np.asarray(centers_mm, np.float64).reshape(-1, 3)
+    out = np.empty((len(centers), size, size, size), np.float32)
+    if len(centers) == 0:
+        return out
+    inv = np.linalg.inv(np.asarray(affine, np.float64))
+    off = inv[:3, :3] @ _offsets(size, step_mm)  # (3, S³) index offsets
+    ctr = centers @ inv[:3, :3].T + inv[:3, 3]  # (N, 3) index of each centre
+    vol = pixels if pixels.dtype == np.float32 else pixels.astype(np.float32)
+    for i in range(0, len(centers), chunk):
+        c = ctr[i : i + chunk]
+        coords = (c[:, :, None] + off[None]).transpose(1, 0, 2).reshape(3, -1)
+        vals = ndi.map_coordinates(vol, coords, order=1, mode="constant", cval=HU_LO, prefilter=False)
+        out[i : i + chunk] = vals.reshape(len(c), size, size, size)
+    return out
+
+
+def normalize(patches: np.ndarray) -> np.ndarray:
+    """HU cubes → network input ``(N, 1, S, S, S)`` float32 (clipped to [-1000, 400] HU)."""
+    return ((np.clip(patches, HU_LO, HU_HI) - HU_CENTER) / HU_SCALE).astype(np.float32)[:, None]
+
+
+def build_patchnet(widths: tuple[int, int, int, int] = (8, 16, 32, 64)):  # type: ignore[no-untyped-def]
+    """The torch network: 3 × (conv-BN-ReLU, max-pool) stages, a last conv, global mean, linear."""
+    import torch
+    from torch import nn
+
+    def block(i: int, o: int) -> nn.Module:
+        return nn.Sequential(nn.Conv3d(i, o, 3, padding=1, bias=False), nn.BatchNorm3d(o), nn.ReLU(inplace=True))
+
+    class PatchNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            w = widths
+            self.features = nn.Sequential(
+                block(1, w[0]), nn.MaxPool3d(2), block(w[0], w[1]), block(w[1], w[1]), nn.MaxPool3d(2),
+                block(w[1], w[2]), block(w[2], w[2]), nn.MaxPool3d(2), block(w[2], w[3]))
+            self.head = nn.Linear(w[3], 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x).mean(dim=(2, 3, 4))).squeeze(1)
+
+    return PatchNet()
+
+
+@dataclass
+class PatchFitConfig:
+    epochs: int = 12
+    batch: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    neg_per_pos: int = 4  # negatives drawn per positive in each epoch
+    seed: int = 0
+    threads: int | None = None
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random flips along each axis and a random in-plane transpose (N, S, S, S)."""
+    x = x.copy()
+    for ax in (1, 2, 3):
+        f = rng.random(len(x)) < 0.5
+        x[f] = np.flip(x[f], ax)
+    t = rng.random(len(x)) < 0.5
+    x[t] = np.swapaxes(x[t], 2, 3)
+    return np.ascontiguousarray(x)
+
+
+def fit_patch_classifier(pos: np.ndarray, neg: np.ndarray, config: PatchFitConfig | None = None, *,
+                         log: Any = None):  # type: ignore[no-untyped-def]
+    """Train the network on HU cubes ``pos`` (nodules) and ``neg`` (false candidates), both
+    ``(N, S, S, S)``: AdamW, one-cycle schedule, binary cross-entropy, fresh negatives each epoch.
+    Returns the trained torch module (eval mode)."""
+    import torch
+
+    cfg = config or PatchFitConfig()
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError(f"fitting needs positive and negative patches, got {len(pos)} and {len(neg)}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    net = build_patchnet()
+    n_neg = min(len(neg), cfg.neg_per_pos * len(pos))
+    per_epoch = max((len(pos) + n_neg) // cfg.batch, 1)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * per_epoch + 1,
+                                                pct_start=0.1)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for ep in range(cfg.epochs):
+        net.train()
+        ni = rng.choice(len(neg), n_neg, replace=False)
+        x = np.concatenate([pos, neg[ni]])
+        y = np.r_[np.ones(len(pos)), np.zeros(n_neg)].astype(np.float32)
+        order = rng.permutation(len(x))
+        total = 0.0
+        for b in range(per_epoch):
+            j = order[b * cfg.batch : (b + 1) * cfg.batch]
+            xb = torch.from_numpy(normalize(_augment(x[j], rng)))
+            loss = loss_fn(net(xb), torch.from_numpy(y[j]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.item())
+        if log:
+            log(f"patch classifier epoch {ep + 1}/{cfg.epochs}: loss {total / per_epoch:.4f}")
+    return net.eval()
+
+
+def export_patch_classifier(net: Any, path: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Export the network to ONNX (dynamic batch) with its sampling settings as metadata."""
+    import contextlib
+    import io
+
+    import onnx
+    import torch
+
+    path = Path(path)
+    x = torch.zeros(2, 1, SIZE, SIZE, SIZE)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            prog = torch.onnx.export(net.eval(), (x,), None, dynamo=True, input_names=[INPUT_NAME],
+                                     output_names=[OUTPUT_NAME],
+                                     dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=65536)}})
+        assert prog is not None
+        prog.save(str(path))
+    except Exception as e:  # exporter errors come in many types
+        raise ModelError(f"patch classifier export failed: {e}", path=path) from e
+    proto = onnx.load(str(path))
+    meta = {"schema": SCHEMA, "size": str(SIZE), "step_mm": str(STEP_MM), "combine": "geometric_mean",
+            "info": json.dumps(info or {})}
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(path))
+    return path
+
+
+class PatchClassifier:
+    """The package's ``fpr.onnx`` under ONNX Runtime (CPU, or the best provider present)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        from lesionlens.engine.export import make_session
+
+        self.path = Path(path)
+        self.session = make_session(self.path, threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("schema") != SCHEMA:
+            raise ModelError(f"not a patch classifier (schema {meta.get('schema')!r}, expected {SCHEMA!r})",
+                             path=self.path)
+        try:
+            self.size, self.step_mm = int(meta["size"]), float(meta["step_mm"])
+            self.info = json.loads(meta.get("info", "{}"))
+        except (KeyError, ValueError) as e:
+            raise ModelError(f"malformed patch classifier metadata: {e!r}", path=self.path) from e
+        self.box_conf = float(self.info.get("box_conf", 0.01))
+
+    @classmethod
+    def load(cls, package: str | Path, threads: int | None = None) -> PatchClassifier | None:
+        """The package's patch classifier, or None when it has none."""
+        p = Path(package) / PATCH_FILE
+        return cls(p, threads) if p.is_file() else None
+
+    def probabilities(self, patches: np.ndarray, batch: int = 256) -> np.ndarray:
+        """(N,) nodule probabilities of HU cubes ``(N, S, S, S)``."""
+        if len(patches) == 0:
+            return np.zeros(0)
+        out = []
+        for i in range(0, len(patches), batch):
+            logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: normalize(patches[i : i + batch])})[0]
+            out.append(1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -30, 30))))
+        return np.concatenate(out)
+
+    def __call__(self, cands: list[Candidate3D], pixels: np.ndarray, affine: np.ndarray) -> list[Candidate3D]:
+        """Rescore in place (``confidence = sqrt(confidence · p)``, the detector's score kept in
+        ``detector_confidence``); returns the candidates sorted by the new confidence."""
+        centers = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
+        p = self.probabilities(extract_patches(pixels, affine, centers, size=self.size, step_mm=self.step_mm))
+        for c, v in zip(cands, p, strict=True):
+            if c.detector_confidence is None:
+                c.detector_confidence = c.confidence
+            c.patch_probability = float(v)
+            c.confidence = float(np.sqrt(max(c.confidence, 0.0) * v))
+        cands.sort(key=lambda c: -c.confidence)
+        return cands

@@ -1,0 +1,153 @@
+"""The 3D patch classifier: cube sampling in patient coordinates, training, ONNX export and its
+use by the predictor and the recipe."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lesionlens.errors import ModelError
+from lesionlens.pipeline.patchnet import (
+    PATCH_FILE,
+    SIZE,
+    PatchClassifier,
+    PatchFitConfig,
+    export_patch_classifier,
+    extract_patches,
+    fit_patch_classifier,
+)
+from lesionlens.pipeline.rescore import RESCORER_FILE
+
+
+def _ball_volume() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An anisotropic volume (2.5 mm slices, 0.7 mm pixels, offset origin) holding one 8 mm ball
+    of 50 HU in -850 HU lung; returns pixels, affine and the ball's LPS centre."""
+    affine = np.array([[0.0, 0.0, 0.7, -100.0], [0.0, 0.7, 0.0, -80.0], [2.5, 0.0, 0.0, -300.0], [0, 0, 0, 1.0]])
+    k, r, c = np.meshgrid(np.arange(30), np.arange(96), np.arange(96), indexing="ij")
+    lps = np.stack([c * 0.7 - 100.0, r * 0.7 - 80.0, k * 2.5 - 300.0], -1)
+    center = np.array([-100.0 + 48 * 0.7, -80.0 + 40 * 0.7, -300.0 + 15 * 2.5])
+    v = np.where(np.linalg.norm(lps - center, axis=-1) <= 4.0, 50.0, -850.0).astype(np.float32)
+    return v, affine, center
+
+
+def test_cubes_are_sampled_in_patient_millimetres() -> None:
+    v, affine, center = _ball_volume()
+    p = extract_patches(v, affine, np.array([center, center + [0.0, 0.0, 5.0], center + [3.0, 0.0, 0.0]]))
+    assert p.shape == (3, SIZE, SIZE, SIZE) and p.dtype == np.float32
+    mid = (SIZE - 1) / 2
+    # centred: the ball (8 mm) sits in the middle; about 4/3·π·4³ ≈ 268 of the 1 mm samples are in it
+    bright = np.argwhere(p[0] > -400)
+    assert np.allclose(bright.mean(0), mid, atol=0.6)
+    assert 200 < len(bright) < 340
+    # centred 5 mm superior (+z): the ball appears 5 samples lower along the cube's first axis
+    assert np.allclose(np.argwhere(p[1] > -400).mean(0), [mid - 5, mid, mid], atol=0.7)
+    # centred 3 mm to the patient's left (+x): 3 samples lower along the last axis
+    assert np.allclose(np.argwhere(p[2] > -400).mean(0), [mid, mid, mid - 3], atol=0.7)
+
+
+def test_cubes_outside_the_volume_read_air_and_no_centres_give_no_cubes() -> None:
+    v, affine, center = _ball_volume()
+    far = extract_patches(v, affine, np.array([center + [0.0, 0.0, 500.0]]))
+    assert np.all(far == -1000.0)
+    assert extract_patches(v, affine, np.zeros((0, 3))).shape == (0, SIZE, SIZE, SIZE)
+
+
+def _toy_cubes(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
+    """n cubes of noisy lung holding a ball (kind 'ball') or a straight 4 mm tube along a random axis."""
+    o = np.arange(SIZE) - (SIZE - 1) / 2
+    z, y, x = np.meshgrid(o, o, o, indexing="ij")
+    pts = np.stack([z, y, x], -1)
+    out = np.empty((n, SIZE, SIZE, SIZE), np.float32)
+    for i in range(n):
+        c = rng.uniform(-1.5, 1.5, 3)
+        if kind == "ball":
+            inside = np.linalg.norm(pts - c, axis=-1) <= rng.uniform(2.0, 4.0)
+        else:
+            a = rng.normal(size=3)
+            a /= np.linalg.norm(a)
+            d = pts - c
+            inside = np.linalg.norm(d - (d @ a)[..., None] * a, axis=-1) <= rng.uniform(1.5, 2.5)
+        out[i] = np.where(inside, 40.0, -850.0) + rng.normal(0, 60, (SIZE,) * 3)
+    return out
+
+
+def test_training_separates_balls_from_tubes_and_onnx_matches_torch(tmp_path: Path) -> None:
+    import torch
+
+    from lesionlens.pipeline.patchnet import normalize
+
+    rng = np.random.default_rng(0)
+    net = fit_patch_classifier(_toy_cubes(rng, 64, "ball"), _toy_cubes(rng, 128, "tube"),
+                               PatchFitConfig(epochs=10, batch=16, neg_per_pos=2, threads=1))
+    test_pos, test_neg = _toy_cubes(rng, 20, "ball"), _toy_cubes(rng, 20, "tube")
+    path = export_patch_classifier(net, tmp_path / PATCH_FILE, {"box_conf": 0.02, "seeds": [1, 2]})
+    clf = PatchClassifier(path, threads=1)
+    assert clf.size == SIZE and clf.box_conf == 0.02 and clf.info["seeds"] == [1, 2]
+    p_pos, p_neg = clf.probabilities(test_pos), clf.probabilities(test_neg)
+    # ranking: nearly every ball above nearly every tube (AUC), on cubes it never saw
+    auc = np.mean(p_pos[:, None] > p_neg[None, :])
+    assert auc > 0.9, auc
+    with torch.no_grad():
+        ref = torch.sigmoid(net(torch.from_numpy(normalize(test_pos)))).numpy()
+    assert np.allclose(p_pos, ref, atol=1e-4)
+    assert clf.probabilities(np.zeros((0, SIZE, SIZE, SIZE), np.float32)).shape == (0,)
+
+
+def test_fit_refuses_an_empty_class() -> None:
+    with pytest.raises(ValueError, match="positive and negative"):
+        fit_patch_classifier(np.zeros((0, SIZE, SIZE, SIZE), np.float32), np.zeros((4, SIZE, SIZE, SIZE), np.float32))
+
+
+def test_a_detector_graph_is_not_taken_for_a_patch_classifier(tmp_path: Path) -> None:
+    from lesionlens.engine.predict import resolve_model
+
+    shutil.copy(resolve_model("default") / "model.onnx", tmp_path / PATCH_FILE)
+    with pytest.raises(ModelError, match="not a patch classifier"):
+        PatchClassifier.load(tmp_path)
+    assert PatchClassifier.load(tmp_path / "nothing-here") is None
+
+
+def _tiny_phantoms(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lesionlens.engine.recipes as recipes
+    from lesionlens.synth.ct import CTPhantomConfig
+
+    monkeypatch.setattr(recipes, "_phantom_config", lambda spacings: CTPhantomConfig(
+        matrix=(256, 256), n_slices=48, slice_spacings_mm=spacings, p_no_nodules=0.0, n_nodules=(3, 5),
+        nodule_diameter_mm=(6.0, 20.0), small_nodule_fraction=0.0))
+
+
+def test_recipe_trains_a_classifier_that_the_predictor_applies(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """fit_default_patch_classifier end to end on two small phantoms, then the predictor combines
+    the detector's score with the classifier's probability; --no-rescore leaves it out."""
+    import lesionlens.engine.recipes as recipes
+    from lesionlens.engine.predict import PredictConfig, Predictor, froc_config, resolve_model
+
+    _tiny_phantoms(monkeypatch)
+    pkg = tmp_path / "pkg"
+    shutil.copytree(resolve_model("default"), pkg)
+    for name in (PATCH_FILE, RESCORER_FILE):
+        (pkg / name).unlink(missing_ok=True)
+    assert froc_config(pkg).conf == 0.01
+    recipe = recipes.DefaultRecipe(fpr_studies=2, fpr_epochs=1, train_seed0=779_000, threads=1)
+    said: list[str] = []
+    info = recipes.fit_default_patch_classifier(pkg, recipe, tmp_path / "cache", log=said.append)
+    assert info["seeds"] == [779_000, 779_001] and info["n_positive"] > 0 and info["n_negative"] > 0
+    assert any("patch classifier epoch 1/1" in m for m in said)
+    assert (pkg / PATCH_FILE).is_file() and froc_config(pkg).conf == 0.0
+
+    case = recipes._load_cached(tmp_path / "cache" / "seed779000")
+    plain = Predictor(pkg, threads=1, config=PredictConfig(conf=0.01, rescore=False)).predict_volume(case.volume)
+    pred = Predictor(pkg, threads=1, config=PredictConfig(conf=0.0))
+    assert pred.patch is not None and pred.rescorer is None
+    res = pred.predict_volume(case.volume)
+    assert "patch_classifier" in res.timings
+    assert len(res.candidates) == len(plain.candidates)
+    by_det = sorted((c.detector_confidence, c.patch_probability, c.confidence) for c in res.candidates)
+    assert [round(d, 6) for d, _, _ in by_det] == sorted(round(c.confidence, 6) for c in plain.candidates)
+    for d, p, conf in by_det:
+        assert 0.0 <= p <= 1.0 and conf == pytest.approx(np.sqrt(d * p))
+    assert [c.confidence for c in res.candidates] == sorted((c.confidence for c in res.candidates), reverse=True)
