@@ -70,7 +70,8 @@ def _predict(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
     max_det: int = typer.Option(100, "--max-det"),
     rescore: bool = typer.Option(True, "--rescore/--no-rescore",
-                                 help="rescore CT candidates with the model's rescorer (rescorer.json) when it has one"),
+                                 help="rescore CT candidates with the model's false-positive reduction stages "
+                                      "(rescorer.json, fpr.onnx) when it has them"),
 ) -> None:
     """Detect lesions and write DIR/findings.json."""
     with error_boundary():
@@ -108,7 +109,7 @@ def _evaluate(
     split: str = typer.Option("val", "--split", help="split of a dataset.yaml to evaluate"),
     conf: float = typer.Option(0.25, "--conf", help="operating threshold for P/R/F1 (2D)"),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for the FROC CI"),
-    rescore: bool = typer.Option(True, "--rescore/--no-rescore", help="apply the model's candidate rescorer"),
+    rescore: bool = typer.Option(True, "--rescore/--no-rescore", help="apply the model's false-positive reduction stages"),
 ) -> None:
     """Evaluate a model: FROC/CPM on CT studies, or AP/mAP on a 2D dataset → metrics.json + plots."""
     with error_boundary():

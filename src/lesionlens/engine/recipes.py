@@ -289,34 +289,42 @@ def fit_default_rescorer(pkg: Path, recipe: DefaultRecipe, cache: Path, *, log: 
 FPR_MINING = {"box_conf": 0.01, "top_negatives": 300, "random_negatives": 200, "truth_copies": 4}
 
 
-def patch_training_data(predictor: Any, seeds: list[int], spacings: tuple[float, ...], cache: Path, *,
-                        seed: int = 0, log: Any = print) -> tuple[np.ndarray, np.ndarray]:
-    """``(pos, neg)`` int16 HU cubes for :func:`~lesionlens.pipeline.patchnet.fit_patch_classifier`
-    from the cached phantoms ``seeds``: ``predictor`` (``rescore=False``) proposes candidates, the
-    LUNA16 hit rule labels them (those hitting only an excluded finding are dropped)."""
+def mine_patches(case: Any, cands: list[Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(pos, neg)`` int16 HU cubes of one phantom ``case`` (a cached CTCase) and the detector's
+    candidates on it, labelled by the LUNA16 hit rule (those hitting only an excluded finding are
+    dropped): positives are the hits and jittered copies of every true nodule; negatives the
+    most confident false candidates and a random sample of the rest (``FPR_MINING``)."""
     from lesionlens.pipeline.patchnet import extract_patches
     from lesionlens.pipeline.rescore import label_candidates
 
+    vol = case.volume
+    y, keep = label_candidates(cands, case.truth)
+    s = np.array([c.confidence for c in cands], np.float64)
+    false = np.flatnonzero((y == 0) & keep)
+    top = false[np.argsort(-s[false], kind="stable")][: FPR_MINING["top_negatives"]]
+    rest = np.setdiff1d(false, top)
+    pick = np.r_[top, rng.choice(rest, min(FPR_MINING["random_negatives"], len(rest)), replace=False)].astype(int)
+    centers = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
+    lesions = [les for les in case.truth.lesions if not les.excluded]
+    jitter = [np.asarray(les.center_mm, np.float64) + rng.uniform(-1, 1, 3) * min(les.diameter_mm / 4, 2.0)
+              for les in lesions for _ in range(FPR_MINING["truth_copies"])]
+    pc = np.concatenate([centers[y > 0], np.array(jitter).reshape(-1, 3)])
+    return (extract_patches(vol.pixels, vol.affine, pc).astype(np.int16),
+            extract_patches(vol.pixels, vol.affine, centers[pick]).astype(np.int16))
+
+
+def patch_training_data(predictor: Any, seeds: list[int], spacings: tuple[float, ...], cache: Path, *,
+                        seed: int = 0, log: Any = print) -> tuple[np.ndarray, np.ndarray]:
+    """``(pos, neg)`` cubes (:func:`mine_patches`) from the cached phantoms ``seeds``, whose
+    candidates ``predictor`` (built with ``rescore=False``) proposes."""
     rng = np.random.default_rng(seed)
     pos, neg = [], []
     for i, sd in enumerate(seeds):
         case = _load_cached(_cache_phantom(sd, spacings, cache))
-        vol = case.volume
-        cands = predictor.predict_volume(vol).candidates
-        y, keep = label_candidates(cands, case.truth)
-        s = np.array([c.confidence for c in cands])
-        false = np.flatnonzero((y == 0) & keep)
-        top = false[np.argsort(-s[false], kind="stable")][: FPR_MINING["top_negatives"]]
-        rest = np.setdiff1d(false, top)
-        pick = np.r_[top, rng.choice(rest, min(FPR_MINING["random_negatives"], len(rest)), replace=False)]
-        centers = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
-        lesions = [les for les in case.truth.lesions if not les.excluded]
-        jitter = [np.asarray(les.center_mm, np.float64) + rng.uniform(-1, 1, 3) * min(les.diameter_mm / 4, 2.0)
-                  for les in lesions for _ in range(FPR_MINING["truth_copies"])]
-        pc = np.concatenate([centers[y > 0], np.array(jitter).reshape(-1, 3)])
-        pos.append(extract_patches(vol.pixels, vol.affine, pc).astype(np.int16))
-        neg.append(extract_patches(vol.pixels, vol.affine, centers[pick.astype(int)]).astype(np.int16))
-        log(f"patch phantom {i + 1}/{len(seeds)}: {len(pc)} positive and {len(pick)} negative cubes")
+        p, n = mine_patches(case, predictor.predict_volume(case.volume).candidates, rng)
+        pos.append(p)
+        neg.append(n)
+        log(f"patch phantom {i + 1}/{len(seeds)}: {len(p)} positive and {len(n)} negative cubes")
     return np.concatenate(pos), np.concatenate(neg)
 
 

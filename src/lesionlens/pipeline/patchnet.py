@@ -40,25 +40,86 @@ def _offsets(size: int, step: float) -> np.ndarray:
     return np.stack([x.ravel(), y.ravel(), z.ravel()])
 
 
+def _axis_map(inv3: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """For an affine whose voxel axes are patient axes (axial CT, no tilt), ``(perm, scale)`` with
+    voxel axis ``a`` = patient axis ``perm[a]`` (0 x, 1 y, 2 z) at ``scale[a]`` voxels per mm
+    (signed); None for oblique geometry."""
+    perm = np.argmax(np.abs(inv3), axis=1)
+    scale = inv3[np.arange(3), perm]
+    off = inv3.copy()
+    off[np.arange(3), perm] = 0.0
+    if len(set(perm.tolist())) != 3 or np.abs(off).max() > 1e-6 * np.abs(scale).min():
+        return None
+    return perm, scale
+
+
+def _interp_matrix(q: np.ndarray, n: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Linear interpolation of 1D positions ``q`` (S,) on an axis of ``n`` samples: ``(M, lo, out)``
+    with ``M`` (S, L) weights over samples ``lo … lo + L − 1`` and ``out`` (S,) 1.0 where a position
+    lies outside ``[0, n − 1]`` (its row of ``M`` is zero: it reads as air, as ``scipy.ndimage``'s
+    ``mode="constant"`` does)."""
+    valid = (q >= 0.0) & (q <= n - 1)
+    if not valid.any():
+        return np.zeros((len(q), 1), np.float32), 0, np.ones(len(q))
+    i0 = np.clip(np.floor(q).astype(np.int64), 0, n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    w1 = np.where(valid, q - np.floor(q), 0.0)
+    w0 = np.where(valid, 1.0 - w1, 0.0)
+    lo, hi = int(i0[valid].min()), int(i1[valid].max())
+    m = np.zeros((len(q), hi - lo + 1), np.float32)
+    rows = np.flatnonzero(valid)
+    np.add.at(m, (rows, i0[rows] - lo), w0[rows])
+    np.add.at(m, (rows, i1[rows] - lo), w1[rows])
+    return m, lo, (~valid).astype(np.float64)
+
+
 def extract_patches(pixels: np.ndarray, affine: np.ndarray, centers_mm: np.ndarray, *, size: int = SIZE,
                     step_mm: float = STEP_MM, chunk: int = 128) -> np.ndarray:
     """``(N, size, size, size)`` float32 HU cubes centred on ``centers_mm`` ((N, 3) LPS mm).
 
     pixels: ``(K, R, C)`` HU; affine: ``lps = affine @ [k, r, c, 1]``. Axes of a cube are
     patient z, y, x (head-foot, anterior-posterior, right-left) at ``step_mm``; trilinear
-    sampling, -1000 HU outside the volume.
+    sampling, -1000 HU outside the volume. Axis-aligned geometry (axial CT) is sampled separably
+    (three small matrix products per cube); oblique geometry through ``scipy.ndimage``.
     """
-    from scipy import ndimage as ndi
-
     centers = np.asarray(centers_mm, np.float64).reshape(-1, 3)
     out = np.empty((len(centers), size, size, size), np.float32)
     if len(centers) == 0:
         return out
     inv = np.linalg.inv(np.asarray(affine, np.float64))
+    ctr = centers @ inv[:3, :3].T + inv[:3, 3]  # (N, 3) voxel index of each centre
+    amap = _axis_map(inv[:3, :3])
+    if amap is None:
+        return _extract_general(pixels, inv, ctr, out, size, step_mm, chunk)
+    perm, scale = amap
+    o = (np.arange(size) - (size - 1) / 2) * step_mm
+    shape = pixels.shape
+    # cube axis order is patient (z, y, x): patient axis p sits at cube axis 2 - p
+    cube_axis = [2 - int(perm[a]) for a in range(3)]
+    for i, c in enumerate(ctr):
+        mats, sl, outs = [], [], []
+        for a in range(3):
+            m, lo, ow = _interp_matrix(c[a] + o * scale[a], shape[a])
+            mats.append(m)
+            sl.append(slice(lo, lo + m.shape[1]))
+            outs.append(ow)
+        crop = np.asarray(pixels[sl[0], sl[1], sl[2]], np.float32)
+        v = (mats[0] @ crop.reshape(crop.shape[0], -1)).reshape(size, crop.shape[1], crop.shape[2])
+        v = np.matmul(mats[1][None], v) @ mats[2].T  # (S, S, S) in voxel-axis order
+        # the weight that fell outside the volume reads as air
+        inside = ((1.0 - outs[0])[:, None, None] * (1.0 - outs[1])[None, :, None] * (1.0 - outs[2])[None, None, :])
+        v += HU_LO * (1.0 - inside)
+        out[i] = np.transpose(v, np.argsort(cube_axis))
+    return out
+
+
+def _extract_general(pixels: np.ndarray, inv: np.ndarray, ctr: np.ndarray, out: np.ndarray, size: int,
+                     step_mm: float, chunk: int) -> np.ndarray:
+    from scipy import ndimage as ndi
+
     off = inv[:3, :3] @ _offsets(size, step_mm)  # (3, S³) index offsets
-    ctr = centers @ inv[:3, :3].T + inv[:3, 3]  # (N, 3) index of each centre
     vol = pixels if pixels.dtype == np.float32 else pixels.astype(np.float32)
-    for i in range(0, len(centers), chunk):
+    for i in range(0, len(ctr), chunk):
         c = ctr[i : i + chunk]
         coords = (c[:, :, None] + off[None]).transpose(1, 0, 2).reshape(3, -1)
         vals = ndi.map_coordinates(vol, coords, order=1, mode="constant", cval=HU_LO, prefilter=False)
