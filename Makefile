@@ -43,7 +43,7 @@ train-default: setup
 	$(VENV)/bin/lesionlens train --recipe default --out runs/default-recipe
 
 # trains or runs the detector over many phantoms (15-45 min): run by hand, commands in the docs
-LONG_BENCH = bench/bench_ablation.py bench/bench_rescorer.py
+LONG_BENCH = bench/bench_ablation.py bench/bench_rescorer.py bench/bench_patchnet.py
 
 bench: setup
 	@for b in $(filter-out $(LONG_BENCH),$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done

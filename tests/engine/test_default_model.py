@@ -10,14 +10,14 @@ import pytest
 
 from lesionlens.engine.checkpoint import identity, read_meta
 from lesionlens.engine.predict import PACKAGED_MODELS, PredictConfig, Predictor
-from lesionlens.pipeline.rescore import Rescorer
+from lesionlens.pipeline.patchnet import PatchClassifier
 from lesionlens.synth.ct import CTPhantomConfig, generate_ct, write_ct_study
 
 DEFAULT = PACKAGED_MODELS / "default"
 
 
 def test_default_package_is_complete_small_and_labelled() -> None:
-    for name in ("model.safetensors", "model.json", "meta.json", "model.onnx", "rescorer.json", "MODEL_CARD.md"):
+    for name in ("model.safetensors", "model.json", "meta.json", "model.onnx", "fpr.onnx", "MODEL_CARD.md"):
         assert (DEFAULT / name).is_file(), name
     size_mb = sum(p.stat().st_size for p in DEFAULT.iterdir()) / 2**20
     assert size_mb <= 25
@@ -30,11 +30,13 @@ def test_default_package_is_complete_small_and_labelled() -> None:
     for key in ("held_out", "held_out_2"):
         h = meta.metrics[key]
         assert h["n_scans"] == 30 and 0.0 < h["cpm"] <= 1.0 and h["cpm_ci"][0] <= h["cpm"] <= h["cpm_ci"][1]
-    rescorer = Rescorer.load(DEFAULT)
-    assert rescorer is not None and rescorer.info["phantoms"] > 0
-    # the rescorer's phantoms are outside the training and test seed ranges named in the card
-    lo, hi = rescorer.info["seeds"]
-    assert not (lo <= 900_029 and hi >= 900_000) and not (lo <= 100_103 and hi >= 100_000)
+    clf = PatchClassifier.load(DEFAULT)
+    assert clf is not None and clf.info["n_positive"] > 0 and clf.info["n_negative"] > 0
+    # the patch classifier learnt from training phantoms only: inside the training seed range,
+    # outside both held-out ranges named in the card
+    lo, hi = clf.info["seeds"]
+    assert 100_000 <= lo <= hi <= 100_103
+    assert "patch classifier" in (DEFAULT / "MODEL_CARD.md").read_text()
 
 
 def test_default_model_finds_the_large_nodules_of_an_unseen_phantom(tmp_path: Path) -> None:
@@ -56,5 +58,5 @@ def test_default_model_finds_the_large_nodules_of_an_unseen_phantom(tmp_path: Pa
             found += 1
             best = cands[int(np.argmin(d))]
             assert best.diameter_mm == pytest.approx(n["diameter_mm"], rel=0.5)
-            assert best.detector_confidence is not None  # rescored
+            assert best.detector_confidence is not None and best.patch_probability is not None  # rescored
     assert found == len(truth["nodules"])

@@ -69,8 +69,12 @@ def test_findings_match_the_truth_in_size_type_and_place(e2e: tuple[Path, dict, 
     # the ≥ 90 % type target is checked over 20+ nodules in test_measure; on these four from the
     # detector's boxes one part-solid/ground-glass call may go wrong
     assert types_right >= len(found) - 1
-    # the default model's rescorer ran: confidences are rescored, the detector's score is kept
-    assert all(0.0 <= f["detector_confidence"] <= 1.0 and f["confidence"] >= 0.5 for f in findings)
+    # the default model's patch classifier ran: confidences are rescored, the detector's score and
+    # the classifier's probability are kept
+    assert all(0.0 <= f["detector_confidence"] <= 1.0 and 0.0 <= f["patch_probability"] <= 1.0
+               and f["confidence"] == pytest.approx((f["detector_confidence"] * f["patch_probability"]) ** 0.5,
+                                                    abs=1e-3)
+               and f["confidence"] >= 0.5 for f in findings)
     # tracking ids in order of confidence
     assert [f["tracking_id"] for f in findings] == [f"L{i}" for i in range(1, len(findings) + 1)]
     assert all(a["confidence"] >= b["confidence"] for a, b in zip(findings, findings[1:]))

@@ -176,3 +176,27 @@ def test_separable_sampling_equals_scipy_and_oblique_geometry_works() -> None:
     p = extract_patches(v, obl, c_obl[None])
     mid = (SIZE - 1) / 2
     assert np.allclose(np.argwhere(p[0] > -400).mean(0), mid, atol=0.6)
+
+
+def test_views_are_averaged_for_the_top_candidates_only(tmp_path: Path) -> None:
+    """probabilities_tta: the top-ranked cubes get the mean over 4 views, the rest one view; a cube
+    symmetric under every view keeps its probability."""
+    from lesionlens.pipeline.patchnet import build_patchnet
+
+    path = export_patch_classifier(build_patchnet().eval(), tmp_path / PATCH_FILE)
+    clf = PatchClassifier(path, threads=1)
+    rng = np.random.default_rng(3)
+    cubes = rng.normal(-500, 300, (6, SIZE, SIZE, SIZE)).astype(np.float32)
+    cubes[5] = -850.0  # symmetric
+    one = clf.probabilities(cubes)
+    prior = np.array([0.9, 0.8, 0.1, 0.05, 0.01, 0.95])
+    tta = clf.probabilities_tta(cubes, prior, top=3)
+    top = np.argsort(-np.sqrt(prior * one))[:3]
+    rest = np.setdiff1d(np.arange(6), top)
+    assert np.allclose(tta[rest], one[rest])
+    for i in top:
+        c = cubes[i]
+        views = np.stack([c, c[:, :, ::-1], c[:, ::-1, :], np.swapaxes(c, 1, 2)])
+        assert tta[i] == pytest.approx(clf.probabilities(np.ascontiguousarray(views)).mean(), abs=1e-6)
+    assert 5 in top and tta[5] == pytest.approx(one[5], abs=1e-6)
+    assert np.allclose(clf.probabilities_tta(cubes, prior, top=0), one)

@@ -31,6 +31,10 @@ SCHEMA = "lesionlens.patchnet/1"
 SIZE, STEP_MM = 24, 1.0
 HU_LO, HU_HI, HU_CENTER, HU_SCALE = -1000.0, 400.0, -300.0, 700.0
 INPUT_NAME, OUTPUT_NAME = "patches", "logits"
+#: the candidates ranked highest after one view are scored again on 3 more views of their cube
+#: (mirrored left-right, mirrored front-back, rows and columns swapped) and the 4 probabilities
+#: averaged: the ranking that FROC and the operating point see, at ~15 % more classifier time
+TTA_TOP = 64
 
 
 def _offsets(size: int, step: float) -> np.ndarray:
@@ -282,11 +286,25 @@ class PatchClassifier:
             out.append(1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -30, 30))))
         return np.concatenate(out)
 
+    def probabilities_tta(self, patches: np.ndarray, prior: np.ndarray, top: int = TTA_TOP) -> np.ndarray:
+        """Probabilities of ``patches``; those of the ``top`` highest ``sqrt(prior · p)`` averaged
+        over 4 views of their cube (as is, mirrored along x, mirrored along y, x and y swapped)."""
+        p = self.probabilities(patches)
+        if top <= 0 or len(p) == 0:
+            return p
+        sel = np.argsort(-np.sqrt(np.clip(prior, 0.0, None) * p), kind="stable")[:top]
+        cubes = patches[sel]
+        views = [cubes[:, :, :, ::-1], cubes[:, :, ::-1, :], np.swapaxes(cubes, 2, 3)]
+        p[sel] = (p[sel] + sum(self.probabilities(np.ascontiguousarray(v)) for v in views)) / 4.0
+        return p
+
     def __call__(self, cands: list[Candidate3D], pixels: np.ndarray, affine: np.ndarray) -> list[Candidate3D]:
         """Rescore in place (``confidence = sqrt(confidence · p)``, the detector's score kept in
         ``detector_confidence``); returns the candidates sorted by the new confidence."""
         centers = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
-        p = self.probabilities(extract_patches(pixels, affine, centers, size=self.size, step_mm=self.step_mm))
+        prior = np.array([c.confidence for c in cands], np.float64)
+        p = self.probabilities_tta(extract_patches(pixels, affine, centers, size=self.size, step_mm=self.step_mm),
+                                   prior)
         for c, v in zip(cands, p, strict=True):
             if c.detector_confidence is None:
                 c.detector_confidence = c.confidence
