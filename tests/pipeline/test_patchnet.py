@@ -200,3 +200,21 @@ def test_views_are_averaged_for_the_top_candidates_only(tmp_path: Path) -> None:
         assert tta[i] == pytest.approx(clf.probabilities(np.ascontiguousarray(views)).mean(), abs=1e-6)
     assert 5 in top and tta[5] == pytest.approx(one[5], abs=1e-6)
     assert np.allclose(clf.probabilities_tta(cubes, prior, top=0), one)
+
+
+def test_installing_a_package_replaces_the_previous_stages(tmp_path: Path) -> None:
+    """A model with a patch classifier installed over one with a rescorer leaves no stale
+    rescorer.json behind (the predictor would apply it)."""
+    from lesionlens.engine.recipes import install_package
+
+    old, new, dest = tmp_path / "old", tmp_path / "new", tmp_path / "dest"
+    for d, stage in ((old, RESCORER_FILE), (new, PATCH_FILE)):
+        d.mkdir()
+        for name in ("model.safetensors", "meta.json", stage):
+            (d / name).write_text(f"{d.name}:{name}")
+    (old / "optimizer.pt").write_text("not for prediction")
+    install_package(old, dest)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(["model.safetensors", "meta.json", RESCORER_FILE])
+    install_package(new, dest)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(["model.safetensors", "meta.json", PATCH_FILE])
+    assert (dest / "meta.json").read_text() == "new:meta.json"

@@ -333,7 +333,12 @@ def fit_default_patch_classifier(pkg: Path, recipe: DefaultRecipe, cache: Path, 
     """Train the 3D patch classifier of ``pkg`` on the detector's candidates over the first
     ``recipe.fpr_studies`` training phantoms and write ``pkg/fpr.onnx``."""
     from lesionlens.engine.predict import PredictConfig, Predictor
-    from lesionlens.pipeline.patchnet import PATCH_FILE, PatchFitConfig, export_patch_classifier, fit_patch_classifier
+    from lesionlens.pipeline.patchnet import (
+        PATCH_FILE,
+        PatchFitConfig,
+        export_patch_classifier,
+        fit_patch_classifier,
+    )
 
     box_conf = float(FPR_MINING["box_conf"])
     pred = Predictor(pkg, backend="onnx", threads=recipe.threads or None,
@@ -352,12 +357,16 @@ def fit_default_patch_classifier(pkg: Path, recipe: DefaultRecipe, cache: Path, 
 
 
 def install_package(pkg: Path, dest: Path) -> None:
-    """Copy the files a package needs for prediction (no optimizer state) to ``dest``."""
+    """Copy the files a package needs for prediction (no optimizer state) to ``dest``; a stage file
+    that ``dest`` holds from an earlier model but ``pkg`` lacks (e.g. an old ``rescorer.json``) is
+    removed, so the installed model is exactly ``pkg``."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("model.safetensors", "model.json", "meta.json", "model.onnx", "rescorer.json", "fpr.onnx",
                  "MODEL_CARD.md"):
         if (pkg / name).is_file():
             shutil.copy2(pkg / name, dest / name)
+        else:
+            (dest / name).unlink(missing_ok=True)
 
 
 def _fmt(v: Any) -> str:
