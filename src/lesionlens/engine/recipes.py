@@ -423,9 +423,10 @@ not been used for any choice:
         rescorer += (
             "\nEach 3D candidate is then checked by a 3D patch classifier (`lesionlens/pipeline/patchnet.py`, "
             "`fpr.onnx`: a small 3D CNN on a 24 mm cube of HU sampled at 1 mm around it), trained on the "
-            f"detector's candidates over the first {recipe.fpr_studies} training phantoms and on their true "
-            "nodules; a candidate's confidence is the geometric mean of the detector's score and the "
-            "classifier's probability.")
+            f"detector's candidates over {recipe.fpr_studies} of its training phantoms (seeds "
+            f"{recipe.train_seed0}…{recipe.train_seed0 + recipe.fpr_studies - 1}) and on their true nodules; a "
+            "candidate's confidence is the geometric mean of the detector's score and the classifier's "
+            "probability (averaged over 4 views of the cube for the 64 highest-ranked candidates).")
     return f"""# Model card — lesionlens-ct-nodule-n (default)
 
 **{NOTICE}**
