@@ -151,6 +151,12 @@ def test_recipe_trains_a_classifier_that_the_predictor_applies(tmp_path: Path,
     for d, p, conf in by_det:
         assert 0.0 <= p <= 1.0 and conf == pytest.approx(np.sqrt(d * p))
     assert [c.confidence for c in res.candidates] == sorted((c.confidence for c in res.candidates), reverse=True)
+    # at an operating point, candidates that cannot reach it are not classified: same result
+    cut = float(np.median([c.confidence for c in res.candidates]))
+    at_cut = Predictor(pkg, threads=1, config=PredictConfig(conf=cut)).predict_volume(case.volume).candidates
+    expect = [c for c in res.candidates if c.confidence >= cut]
+    assert at_cut and len(at_cut) == len(expect)
+    assert [round(c.confidence, 6) for c in at_cut] == [round(c.confidence, 6) for c in expect]
 
 
 def test_separable_sampling_equals_scipy_and_oblique_geometry_works() -> None:

@@ -202,7 +202,7 @@ class Predictor:
             timings["rescore"] = time.perf_counter() - t0
         if self.patch is not None:
             t0 = time.perf_counter()
-            cands = self.patch(cands, volume.pixels, np.asarray(volume.affine))
+            cands = self.patch(cands, volume.pixels, np.asarray(volume.affine), min_confidence=self.config.conf)
             timings["patch_classifier"] = time.perf_counter() - t0
         if self.rescorer is not None or self.patch is not None:
             cands = [c for c in cands if c.confidence >= self.config.conf]

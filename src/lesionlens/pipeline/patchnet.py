@@ -298,9 +298,16 @@ class PatchClassifier:
         p[sel] = (p[sel] + sum(self.probabilities(np.ascontiguousarray(v)) for v in views)) / 4.0
         return p
 
-    def __call__(self, cands: list[Candidate3D], pixels: np.ndarray, affine: np.ndarray) -> list[Candidate3D]:
+    def __call__(self, cands: list[Candidate3D], pixels: np.ndarray, affine: np.ndarray, *,
+                 min_confidence: float = 0.0) -> list[Candidate3D]:
         """Rescore in place (``confidence = sqrt(confidence · p)``, the detector's score kept in
-        ``detector_confidence``); returns the candidates sorted by the new confidence."""
+        ``detector_confidence``); returns the candidates sorted by the new confidence.
+
+        min_confidence: the caller's threshold on the result. Since ``p ≤ 1``, a candidate whose
+        score is below its square cannot reach it: those are dropped without being classified
+        (at an operating point of 0.5, most of a series' candidates)."""
+        floor = float(min_confidence) ** 2
+        cands = [c for c in cands if c.confidence >= floor] if floor > 0 else cands
         centers = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
         prior = np.array([c.confidence for c in cands], np.float64)
         p = self.probabilities_tta(extract_patches(pixels, affine, centers, size=self.size, step_mm=self.step_mm),
