@@ -4,7 +4,7 @@ The detector sees one 2.5D stack at a time. Many of its confident marks are vess
 which look like a nodule on one slice but run on through the volume, while a small nodule can
 get a low score. LUNA16-era systems add a second stage: a small 3D CNN that sees a cube of HU
 around each candidate. This one samples a 24 mm cube at 1 mm (trilinear, in patient
-coordinates, so slice spacing and pixel size do not matter), runs a 0.1 M-parameter 3D CNN on it
+coordinates, so slice spacing and pixel size do not matter), runs a 0.11 M-parameter 3D CNN on it
 (ONNX Runtime at inference, ``fpr.onnx`` in the model package), and combines its probability
 ``p`` with the detector's score ``s`` as their geometric mean ``sqrt(s · p)``: either stage alone
 can veto a candidate, and neither needs a threshold of its own.
