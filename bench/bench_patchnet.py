@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from lesionlens.engine.predict import PredictConfig, Predictor, resolve_model
-    from lesionlens.engine.recipes import DefaultRecipe, _cache_phantom, _load_cached
+    from lesionlens.engine.recipes import DefaultRecipe, phantom_candidates
     from lesionlens.metrics.froc import FROCScan, compute_froc
     from lesionlens.pipeline.patchnet import TTA_TOP, PatchClassifier, extract_patches
     from lesionlens.pipeline.rescore import label_candidates
@@ -40,9 +40,9 @@ def main() -> None:
                      config=PredictConfig(conf=clf.box_conf, max_det=300, rescore=False))
     data, t_extract, t_infer, n_cand = [], 0.0, 0.0, 0
     t0 = time.perf_counter()
-    for i in range(args.phantoms):
-        case = _load_cached(_cache_phantom(args.seed0 + i, DefaultRecipe().test_slice_spacings_mm, args.cache))
-        cands = pred.predict_volume(case.volume).candidates
+    seeds = range(args.seed0, args.seed0 + args.phantoms)
+    for i, (case, cands) in enumerate(phantom_candidates(pred, seeds, DefaultRecipe().test_slice_spacings_mm,
+                                                         args.cache)):
         pts = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
         t1 = time.perf_counter()
         cubes = extract_patches(case.volume.pixels, case.volume.affine, pts, size=clf.size, step_mm=clf.step_mm)
@@ -50,10 +50,7 @@ def main() -> None:
         p = clf.probabilities(cubes)
         t3 = time.perf_counter()
         s = np.array([c.confidence for c in cands])
-        p_tta = p.copy()
-        if len(p):  # the shipped scoring: 4 views for the top candidates (patchnet.TTA_TOP)
-            sel = np.argsort(-np.sqrt(s * p), kind="stable")[:TTA_TOP]
-            p_tta[sel] = clf.probabilities_tta(cubes[sel], s[sel], top=len(sel))
+        p_tta = clf.probabilities_tta(cubes, s, one_view=p)  # the shipped scoring (top TTA_TOP, 4 views)
         t_extract, t_infer, n_cand = t_extract + t2 - t1, t_infer + t3 - t2, n_cand + len(cands)
         y, _ = label_candidates(cands, case.truth)
         data.append({"truth": case.truth, "pts": pts, "s": s, "p": p, "p_tta": p_tta, "y": y})

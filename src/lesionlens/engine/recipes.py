@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -238,6 +239,15 @@ class RescorerCase:
     keep: np.ndarray
 
 
+def phantom_candidates(predictor: Any, seeds: Iterable[int], spacings: tuple[float, ...],
+                       cache: Path) -> Iterator[tuple[Any, list[Any]]]:
+    """``(case, candidates)`` for each cached phantom of ``seeds`` (generated once into ``cache``):
+    the loaded CTCase and ``predictor``'s 3D candidates on its volume."""
+    for sd in seeds:
+        case = _load_cached(_cache_phantom(sd, spacings, cache))
+        yield case, predictor.predict_volume(case.volume).candidates
+
+
 def rescorer_cases(predictor: Any, seed0: int, n: int, spacings: tuple[float, ...], cache: Path, *,
                    log: Any = print) -> list[RescorerCase]:
     """Run ``predictor`` (built with ``rescore=False``) over ``n`` cached phantoms from ``seed0``
@@ -246,9 +256,7 @@ def rescorer_cases(predictor: Any, seed0: int, n: int, spacings: tuple[float, ..
     from lesionlens.pipeline.rescore import candidate_features, label_candidates
 
     out = []
-    for i in range(n):
-        case = _load_cached(_cache_phantom(seed0 + i, spacings, cache))
-        cands = predictor.predict_volume(case.volume).candidates
+    for i, (case, cands) in enumerate(phantom_candidates(predictor, range(seed0, seed0 + n), spacings, cache)):
         y, keep = label_candidates(cands, case.truth)
         x = candidate_features(cands, case.volume.pixels, float(case.volume.spacing_mm[0]))
         out.append(RescorerCase(case.truth, cands, x, y, keep))
@@ -301,13 +309,13 @@ def mine_patches(case: Any, cands: list[Any], rng: np.random.Generator) -> tuple
     y, keep = label_candidates(cands, case.truth)
     s = np.array([c.confidence for c in cands], np.float64)
     false = np.flatnonzero((y == 0) & keep)
-    top = false[np.argsort(-s[false], kind="stable")][: FPR_MINING["top_negatives"]]
+    top = false[np.argsort(-s[false], kind="stable")][: int(FPR_MINING["top_negatives"])]
     rest = np.setdiff1d(false, top)
-    pick = np.r_[top, rng.choice(rest, min(FPR_MINING["random_negatives"], len(rest)), replace=False)].astype(int)
+    pick = np.r_[top, rng.choice(rest, min(int(FPR_MINING["random_negatives"]), len(rest)), replace=False)].astype(int)
     centers = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
     lesions = [les for les in case.truth.lesions if not les.excluded]
     jitter = [np.asarray(les.center_mm, np.float64) + rng.uniform(-1, 1, 3) * min(les.diameter_mm / 4, 2.0)
-              for les in lesions for _ in range(FPR_MINING["truth_copies"])]
+              for les in lesions for _ in range(int(FPR_MINING["truth_copies"]))]
     pc = np.concatenate([centers[y > 0], np.array(jitter).reshape(-1, 3)])
     return (extract_patches(vol.pixels, vol.affine, pc).astype(np.int16),
             extract_patches(vol.pixels, vol.affine, centers[pick]).astype(np.int16))
@@ -319,9 +327,8 @@ def patch_training_data(predictor: Any, seeds: list[int], spacings: tuple[float,
     candidates ``predictor`` (built with ``rescore=False``) proposes."""
     rng = np.random.default_rng(seed)
     pos, neg = [], []
-    for i, sd in enumerate(seeds):
-        case = _load_cached(_cache_phantom(sd, spacings, cache))
-        p, n = mine_patches(case, predictor.predict_volume(case.volume).candidates, rng)
+    for i, (case, cands) in enumerate(phantom_candidates(predictor, seeds, spacings, cache)):
+        p, n = mine_patches(case, cands, rng)
         pos.append(p)
         neg.append(n)
         log(f"patch phantom {i + 1}/{len(seeds)}: {len(p)} positive and {len(n)} negative cubes")

@@ -35,10 +35,7 @@ def series_findings(pred: SeriesPrediction, predictor: Predictor) -> SeriesFindi
             frame=vol.frame_numbers[k] if k < len(vol.frame_numbers) else 1,
             extra={"slice_index": k, "slices": [min(c.slices), max(c.slices)], "z_extent_mm": round(c.z_extent_mm, 2),
                    "drift_mm": round(c.drift_mm, 2),
-                   **({"detector_confidence": round(c.detector_confidence, 4)}
-                      if c.detector_confidence is not None else {}),
-                   **({"patch_probability": round(c.patch_probability, 4)}
-                      if c.patch_probability is not None else {})},
+                   **{k: round(v, 4) for k, v in c.stage_scores().items()}},
         ))
     ps = _pixel_spacing(vol)
     for k, det in enumerate(pred.images):

@@ -75,6 +75,11 @@ class Candidate3D:
     detector_confidence: float | None = None  # set when a rescorer replaced ``confidence``
     patch_probability: float | None = None  # the 3D patch classifier's probability (pipeline/patchnet.py)
 
+    def stage_scores(self) -> dict[str, float]:
+        """The scores the false-positive reduction stages kept beside ``confidence`` (only those set)."""
+        return {k: float(v) for k, v in (("detector_confidence", self.detector_confidence),
+                                         ("patch_probability", self.patch_probability)) if v is not None}
+
 
 def _link_matrix(prev: np.ndarray, cur: np.ndarray, cfg: AggregateConfig) -> np.ndarray:
     """Link strengths of every (current box, previous box) pair, ``(len(cur), len(prev))``:

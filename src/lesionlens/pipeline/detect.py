@@ -228,11 +228,7 @@ class Detector:
                       slices=(min(c.slices), max(c.slices)), center_mm=np.asarray(c.center_mm, np.float64),
                       diameter_mm=float(c.diameter_mm),
                       extra={"drift_mm": float(c.drift_mm), "z_extent_mm": float(c.z_extent_mm),
-                             "n_boxes": int(c.n_boxes),
-                             **({"detector_confidence": float(c.detector_confidence)}
-                                if c.detector_confidence is not None else {}),
-                             **({"patch_probability": float(c.patch_probability)}
-                                if c.patch_probability is not None else {})})
+                             "n_boxes": int(c.n_boxes), **c.stage_scores()})
 
     def _split(self, out: SeriesResult, lesions: list[Lesion], volume: Volume) -> None:
         """Kept lesions get L1, L2, … (by confidence) and a stable tracking UID; rejected ones R1, …"""

@@ -286,10 +286,12 @@ class PatchClassifier:
             out.append(1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -30, 30))))
         return np.concatenate(out)
 
-    def probabilities_tta(self, patches: np.ndarray, prior: np.ndarray, top: int = TTA_TOP) -> np.ndarray:
+    def probabilities_tta(self, patches: np.ndarray, prior: np.ndarray, top: int = TTA_TOP, *,
+                          one_view: np.ndarray | None = None) -> np.ndarray:
         """Probabilities of ``patches``; those of the ``top`` highest ``sqrt(prior · p)`` averaged
-        over 4 views of their cube (as is, mirrored along x, mirrored along y, x and y swapped)."""
-        p = self.probabilities(patches)
+        over 4 views of their cube (as is, mirrored along x, mirrored along y, x and y swapped).
+        one_view: :meth:`probabilities` of ``patches`` when the caller has them already."""
+        p = self.probabilities(patches) if one_view is None else np.array(one_view, np.float64)
         if top <= 0 or len(p) == 0:
             return p
         sel = np.argsort(-np.sqrt(np.clip(prior, 0.0, None) * p), kind="stable")[:top]
