@@ -132,10 +132,14 @@ def test_recipe_trains_a_classifier_that_the_predictor_applies(tmp_path: Path,
     for name in (PATCH_FILE, RESCORER_FILE):
         (pkg / name).unlink(missing_ok=True)
     assert froc_config(pkg).conf == 0.01
-    recipe = recipes.DefaultRecipe(fpr_studies=2, fpr_epochs=1, train_seed0=779_000, threads=1)
+    monkeypatch.setitem(recipes.FPR_EXTRA, "n_nodules", (4, 6))
+    recipe = recipes.DefaultRecipe(fpr_studies=2, fpr_epochs=1, fpr_extra_studies=1, train_seed0=779_000, threads=1)
     said: list[str] = []
     info = recipes.fit_default_patch_classifier(pkg, recipe, tmp_path / "cache", log=said.append)
-    assert info["seeds"] == [779_000, 779_001] and info["n_positive"] > 0 and info["n_negative"] > 0
+    assert info["seeds"] == [779_000, 779_001] and info["n_negative"] > 0
+    extra = np.load(tmp_path / "cache" / "truth-cubes" / f"seed{recipes.FPR_EXTRA['seed0']}.npy")
+    assert info["n_extra_positive"] == len(extra) >= 16 and info["n_positive"] > len(extra)
+    assert any("nodule-rich phantom 1/1" in m for m in said)
     assert any("patch classifier epoch 1/1" in m for m in said)
     assert (pkg / PATCH_FILE).is_file() and froc_config(pkg).conf == 0.0
 
@@ -157,6 +161,38 @@ def test_recipe_trains_a_classifier_that_the_predictor_applies(tmp_path: Path,
     expect = [c for c in res.candidates if c.confidence >= cut]
     assert at_cut and len(at_cut) == len(expect)
     assert [round(c.confidence, 6) for c in at_cut] == [round(c.confidence, 6) for c in expect]
+
+
+def test_truth_patches_cut_a_cube_around_every_nodule_and_are_cached(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The extra positives: truth_copies jittered cubes per true nodule of each nodule-rich phantom,
+    nodule tissue at every cube's centre; a second call reads the cached cubes, generating nothing."""
+    from dataclasses import replace
+
+    import lesionlens.engine.recipes as recipes
+    from lesionlens.synth.ct import generate_ct
+
+    _tiny_phantoms(monkeypatch)
+    monkeypatch.setitem(recipes.FPR_EXTRA, "n_nodules", (4, 6))
+    spacings = (1.25, 2.5)
+    said: list[str] = []
+    cubes = recipes.truth_patches([779_100, 779_101], spacings, tmp_path, log=said.append)
+    config = replace(recipes._phantom_config(spacings), n_nodules=(4, 6), p_no_nodules=0.0)
+    copies = int(recipes.FPR_MINING["truth_copies"])
+    per_seed = [len(generate_ct(sd, config).truth.lesions) for sd in (779_100, 779_101)]
+    assert min(per_seed) >= 4 and len(cubes) == copies * sum(per_seed)
+    assert said == [f"nodule-rich phantom {i + 1}/2: {copies * n} positive cubes" for i, n in enumerate(per_seed)]
+    assert cubes.dtype == np.int16 and cubes.shape[1:] == (SIZE, SIZE, SIZE)
+    c = SIZE // 2
+    centre = cubes[:, c - 2 : c + 2, c - 2 : c + 2, c - 2 : c + 2]
+    assert (centre.mean(axis=(1, 2, 3)) > -700).all()  # lung parenchyma is about -850 HU
+
+    def no_generation(*a: object, **k: object) -> None:
+        raise AssertionError("the cubes should have come from the cache")
+
+    monkeypatch.setattr("lesionlens.synth.ct.generate_ct", no_generation)
+    again = recipes.truth_patches([779_100, 779_101], spacings, tmp_path, log=lambda m: None)
+    assert np.array_equal(again, cubes)
 
 
 def test_separable_sampling_equals_scipy_and_oblique_geometry_works() -> None:

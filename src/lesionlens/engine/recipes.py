@@ -60,6 +60,7 @@ class DefaultRecipe:
     rescorer_seed0: int = 500_000  # its seeds: never used to train the detector nor to test
     fpr_studies: int = 0  # > 0: train the 3D patch classifier on this many training phantoms
     fpr_epochs: int = 12
+    fpr_extra_studies: int = 0  # > 0: also the true nodules of this many nodule-rich phantoms (FPR_EXTRA)
     second_test_studies: int = 0  # > 0: also evaluate on a second held-out set (seeds second_test_seed0…)
     second_test_seed0: int = 920_000
     seed: int = 0
@@ -295,6 +296,55 @@ def fit_default_rescorer(pkg: Path, recipe: DefaultRecipe, cache: Path, *, log: 
 #: patches mined per phantom: the detector's most confident false candidates and a random sample
 #: of the rest; every true nodule also gives this many jittered cubes
 FPR_MINING = {"box_conf": 0.01, "top_negatives": 300, "random_negatives": 200, "truth_copies": 4}
+#: more positives for the patch classifier, cheaply (no detector run): the true nodules of phantoms
+#: drawn with many nodules each, from a seed range of their own (never used to train the detector,
+#: tune or test)
+FPR_EXTRA = {"seed0": 700_000, "n_nodules": (12, 16)}
+
+
+def _extra_card(recipe: DefaultRecipe) -> str:
+    if not recipe.fpr_extra_studies:
+        return ""
+    seed0, (lo, hi) = int(FPR_EXTRA["seed0"]), FPR_EXTRA["n_nodules"]  # type: ignore[call-overload, misc]
+    return (f", plus the true nodules of {recipe.fpr_extra_studies} phantoms drawn with {lo}–{hi} nodules each "
+            f"(seeds {seed0}…{seed0 + recipe.fpr_extra_studies - 1}, used for nothing else)")
+
+
+def _jittered_truth(truth: Any, rng: np.random.Generator) -> np.ndarray:
+    """``(N, 3)`` LPS mm: ``truth_copies`` jittered centres of every (not excluded) true nodule, each
+    moved by up to a quarter of its diameter (at most 2 mm) along each axis."""
+    lesions = [les for les in truth.lesions if not les.excluded]
+    jitter = [np.asarray(les.center_mm, np.float64) + rng.uniform(-1, 1, 3) * min(les.diameter_mm / 4, 2.0)
+              for les in lesions for _ in range(int(FPR_MINING["truth_copies"]))]
+    return np.array(jitter, np.float64).reshape(-1, 3)
+
+
+def truth_patches(seeds: Iterable[int], spacings: tuple[float, ...], cache: Path, *,
+                  log: Any = print) -> np.ndarray:
+    """int16 HU cubes around the jittered true nodules (:func:`_jittered_truth`) of the nodule-rich
+    phantoms ``seeds`` (``FPR_EXTRA``). The phantoms are not kept, only their cubes
+    (``cache/truth-cubes/seed*.npy``), so a rerun reuses them."""
+    from dataclasses import replace
+
+    from lesionlens.pipeline.patchnet import extract_patches
+    from lesionlens.synth.ct import generate_ct
+
+    d = cache / "truth-cubes"
+    d.mkdir(parents=True, exist_ok=True)
+    config = replace(_phantom_config(spacings), n_nodules=tuple(FPR_EXTRA["n_nodules"]), p_no_nodules=0.0)
+    out = []
+    seeds = list(seeds)
+    for i, sd in enumerate(seeds):
+        f = d / f"seed{sd}.npy"
+        if not f.is_file():
+            ph = generate_ct(sd, config)
+            cubes = extract_patches(ph.hu.astype(np.float32), ph.affine,
+                                    _jittered_truth(ph.truth, np.random.default_rng(sd))).astype(np.int16)
+            np.save(d / f"seed{sd}.tmp.npy", cubes)
+            (d / f"seed{sd}.tmp.npy").replace(f)
+        out.append(np.load(f))
+        log(f"nodule-rich phantom {i + 1}/{len(seeds)}: {len(out[-1])} positive cubes")
+    return np.concatenate(out) if out else np.zeros((0, 24, 24, 24), np.int16)
 
 
 def mine_patches(case: Any, cands: list[Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -313,10 +363,7 @@ def mine_patches(case: Any, cands: list[Any], rng: np.random.Generator) -> tuple
     rest = np.setdiff1d(false, top)
     pick = np.r_[top, rng.choice(rest, min(int(FPR_MINING["random_negatives"]), len(rest)), replace=False)].astype(int)
     centers = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
-    lesions = [les for les in case.truth.lesions if not les.excluded]
-    jitter = [np.asarray(les.center_mm, np.float64) + rng.uniform(-1, 1, 3) * min(les.diameter_mm / 4, 2.0)
-              for les in lesions for _ in range(int(FPR_MINING["truth_copies"]))]
-    pc = np.concatenate([centers[y > 0], np.array(jitter).reshape(-1, 3)])
+    pc = np.concatenate([centers[y > 0], _jittered_truth(case.truth, rng)])
     return (extract_patches(vol.pixels, vol.affine, pc).astype(np.int16),
             extract_patches(vol.pixels, vol.affine, centers[pick]).astype(np.int16))
 
@@ -354,6 +401,14 @@ def fit_default_patch_classifier(pkg: Path, recipe: DefaultRecipe, cache: Path, 
     pos, neg = patch_training_data(pred, seeds, recipe.slice_spacings_mm, cache, seed=recipe.seed, log=log)
     info = {"box_conf": box_conf, "seeds": [seeds[0], seeds[-1]], "n_positive": int(len(pos)),
             "n_negative": int(len(neg)), "epochs": recipe.fpr_epochs, **FPR_MINING}
+    if recipe.fpr_extra_studies:
+        seed0 = int(FPR_EXTRA["seed0"])  # type: ignore[call-overload]
+        extra = truth_patches(range(seed0, seed0 + recipe.fpr_extra_studies), recipe.slice_spacings_mm, cache,
+                              log=log)
+        pos = np.concatenate([pos, extra]) if len(pos) else extra
+        info.update({"n_positive": int(len(pos)), "n_extra_positive": int(len(extra)),
+                     "extra_seeds": [seed0, seed0 + recipe.fpr_extra_studies - 1],
+                     "extra_nodules_per_phantom": list(FPR_EXTRA["n_nodules"])})  # type: ignore[call-overload]
     if len(pos) == 0 or len(neg) == 0:
         log(f"patch classifier not trained: {len(pos)} positive and {len(neg)} negative cubes")
         return {"skipped": True, **info}
@@ -431,8 +486,8 @@ not been used for any choice:
             "\nEach 3D candidate is then checked by a 3D patch classifier (`lesionlens/pipeline/patchnet.py`, "
             "`fpr.onnx`: a small 3D CNN on a 24 mm cube of HU sampled at 1 mm around it), trained on the "
             f"detector's candidates over {recipe.fpr_studies} of its training phantoms (seeds "
-            f"{recipe.train_seed0}…{recipe.train_seed0 + recipe.fpr_studies - 1}) and on their true nodules; a "
-            "candidate's confidence is the geometric mean of the detector's score and the classifier's "
+            f"{recipe.train_seed0}…{recipe.train_seed0 + recipe.fpr_studies - 1}) and on their true nodules"
+            f"{_extra_card(recipe)}; a candidate's confidence is the geometric mean of the detector's score and the classifier's "
             "probability (averaged over 4 views of the cube for the 64 highest-ranked candidates).")
     return f"""# Model card — lesionlens-ct-nodule-n (default)
 
