@@ -3,7 +3,7 @@
 Runs a detector package with its false-positive reduction turned off over synthetic phantoms from
 a seed range of their own (default 500000…, used neither to train the detector nor the
 classifier), scores every candidate with the package's ``fpr.onnx`` and prints the CPM and FROC
-of the detector alone, the classifier alone and their combinations, and the classifier's cost.
+of the detector alone, the classifier alone and their combinations s^w · p^(1 − w), and the classifier's cost.
 
     .venv/bin/python bench/bench_patchnet.py --model default --seed0 500000 --phantoms 40 \\
         --cache bench-cache/phantoms [--threads 2]
@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+#: detector weights compared (besides the shipped one)
+WEIGHTS = (0.5, 0.4, 0.3, 0.25, 0.2)
 
 
 def main() -> None:
@@ -36,6 +39,7 @@ def main() -> None:
     clf = PatchClassifier.load(resolve_model(args.model), threads=args.threads)
     if clf is None:
         raise SystemExit(f"{args.model}: the package has no fpr.onnx")
+    shipped_w = clf.detector_weight
     pred = Predictor(args.model, threads=args.threads,
                      config=PredictConfig(conf=clf.box_conf, max_det=300, rescore=False))
     data, t_extract, t_infer, n_cand = [], 0.0, 0.0, 0
@@ -50,7 +54,11 @@ def main() -> None:
         p = clf.probabilities(cubes)
         t3 = time.perf_counter()
         s = np.array([c.confidence for c in cands])
-        p_tta = clf.probabilities_tta(cubes, s, one_view=p)  # the shipped scoring (top TTA_TOP, 4 views)
+        p_tta = {}  # the shipped scoring (top TTA_TOP, 4 views) under each detector weight w
+        for w in sorted({shipped_w, *WEIGHTS}):
+            clf.detector_weight = w
+            p_tta[w] = clf.probabilities_tta(cubes, s, one_view=p)
+        clf.detector_weight = shipped_w
         t_extract, t_infer, n_cand = t_extract + t2 - t1, t_infer + t3 - t2, n_cand + len(cands)
         y, _ = label_candidates(cands, case.truth)
         data.append({"truth": case.truth, "pts": pts, "s": s, "p": p, "p_tta": p_tta, "y": y})
@@ -64,15 +72,18 @@ def main() -> None:
                            n_bootstrap=0)
         return res.cpm, list(res.operating_points.values())
 
+    def combine(w: float, s: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return s**w * p ** (1 - w)
+
     settings = [
         ("the detector alone", lambda d: d["s"]),
         ("the patch classifier alone", lambda d: d["p"]),
-        ("sqrt(detector × classifier), one view", lambda d: np.sqrt(d["s"] * d["p"])),
-        (f"**sqrt(detector × classifier), top {TTA_TOP} averaged over 4 views (shipped)**",
-         lambda d: np.sqrt(d["s"] * d["p_tta"])),
-        ("detector^0.25 × classifier^0.75", lambda d: d["s"] ** 0.25 * d["p"] ** 0.75),
-        ("detector^0.75 × classifier^0.25", lambda d: d["s"] ** 0.75 * d["p"] ** 0.25),
+        (f"s^w · p^(1 − w), one view, w = {shipped_w}", lambda d: combine(shipped_w, d["s"], d["p"])),
     ]
+    for w in sorted({shipped_w, *WEIGHTS}, reverse=True):
+        name = f"s^w · p^(1 − w), top {TTA_TOP} averaged over 4 views, w = {w}"
+        settings.append((f"**{name} (shipped)**" if w == shipped_w else name,
+                         lambda d, w=w: combine(w, d["s"], d["p_tta"][w])))
     n_nod = sum(len([les for les in d["truth"].lesions if not les.excluded]) for d in data)
     print(f"\n{args.phantoms} phantoms (seeds {args.seed0}…), {n_nod} nodules, {n_cand} candidates, "
           f"{int(sum(d['y'].sum() for d in data))} hits\n")

@@ -86,6 +86,7 @@ def test_training_separates_balls_from_tubes_and_onnx_matches_torch(tmp_path: Pa
     path = export_patch_classifier(net, tmp_path / PATCH_FILE, {"box_conf": 0.02, "seeds": [1, 2]})
     clf = PatchClassifier(path, threads=1)
     assert clf.size == SIZE and clf.box_conf == 0.02 and clf.info["seeds"] == [1, 2]
+    assert clf.detector_weight == 0.5  # metadata without a weight: the plain geometric mean
     p_pos, p_neg = clf.probabilities(test_pos), clf.probabilities(test_neg)
     # ranking: nearly every ball above nearly every tube (AUC), on cubes it never saw
     auc = np.mean(p_pos[:, None] > p_neg[None, :])
@@ -108,6 +109,36 @@ def test_a_detector_graph_is_not_taken_for_a_patch_classifier(tmp_path: Path) ->
     with pytest.raises(ModelError, match="not a patch classifier"):
         PatchClassifier.load(tmp_path)
     assert PatchClassifier.load(tmp_path / "nothing-here") is None
+
+
+def test_the_detector_weight_comes_with_the_classifier(tmp_path: Path) -> None:
+    """``s^w · p^(1 − w)`` with the stored ``w``: the candidates' confidences and the operating-point
+    shortcut (detector score below ``conf^(1/w)`` is not classified) follow it; a weight outside
+    (0, 1) is refused."""
+    from lesionlens.pipeline.aggregate import Candidate3D
+    from lesionlens.pipeline.patchnet import build_patchnet
+
+    net = build_patchnet().eval()
+    clf = PatchClassifier(export_patch_classifier(net, tmp_path / PATCH_FILE, {"detector_weight": 0.25}), threads=1)
+    assert clf.detector_weight == 0.25
+    assert clf.combine(0.0625, 1.0) == pytest.approx(0.5) and clf.combine(1.0, 0.0625) == pytest.approx(0.125)
+    v, affine, center = _ball_volume()
+
+    def cands() -> list[Candidate3D]:
+        return [Candidate3D(label=0, confidence=s, center_mm=center + [i, 0.0, 0.0], diameter_mm=6.0,
+                            inplane_diameter_mm=6.0, z_extent_mm=6.0, drift_mm=0.0, key_k=0,
+                            bbox_px=np.zeros(4, np.float32), slices=[0], n_boxes=1, slice_scores=[s])
+                for i, s in enumerate((0.9, 0.3, 0.05, 0.01))]
+
+    every = clf(cands(), v, affine)
+    for c in every:
+        assert c.confidence == pytest.approx(c.detector_confidence ** 0.25 * c.patch_probability ** 0.75)
+    kept = clf(cands(), v, affine, min_confidence=0.5)  # only scores >= 0.5**4 = 0.0625 may reach it
+    assert sorted(c.detector_confidence for c in kept) == [0.3, 0.9]
+    (tmp_path / "bad").mkdir()
+    export_patch_classifier(net, tmp_path / "bad" / PATCH_FILE, {"detector_weight": 1.0})
+    with pytest.raises(ModelError, match="detector_weight"):
+        PatchClassifier.load(tmp_path / "bad")
 
 
 def _tiny_phantoms(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,7 +184,8 @@ def test_recipe_trains_a_classifier_that_the_predictor_applies(tmp_path: Path,
     by_det = sorted((c.detector_confidence, c.patch_probability, c.confidence) for c in res.candidates)
     assert [round(d, 6) for d, _, _ in by_det] == sorted(round(c.confidence, 6) for c in plain.candidates)
     for d, p, conf in by_det:
-        assert 0.0 <= p <= 1.0 and conf == pytest.approx(np.sqrt(d * p))
+        assert 0.0 <= p <= 1.0 and conf == pytest.approx(d ** pred.patch.detector_weight
+                                                         * p ** (1 - pred.patch.detector_weight))
     assert [c.confidence for c in res.candidates] == sorted((c.confidence for c in res.candidates), reverse=True)
     # at an operating point, candidates that cannot reach it are not classified: same result
     cut = float(np.median([c.confidence for c in res.candidates]))
@@ -221,7 +253,7 @@ def test_separable_sampling_equals_scipy_and_oblique_geometry_works() -> None:
 
 
 def test_views_are_averaged_for_the_top_candidates_only(tmp_path: Path) -> None:
-    """probabilities_tta: the top-ranked cubes get the mean over 4 views, the rest one view; a cube
+    """probabilities_tta: the top-ranked cubes get the mean over 8 views, the rest one view; a cube
     symmetric under every view keeps its probability."""
     from lesionlens.pipeline.patchnet import build_patchnet
 
@@ -237,8 +269,9 @@ def test_views_are_averaged_for_the_top_candidates_only(tmp_path: Path) -> None:
     rest = np.setdiff1d(np.arange(6), top)
     assert np.allclose(tta[rest], one[rest])
     for i in top:
-        c = cubes[i]
-        views = np.stack([c, c[:, :, ::-1], c[:, ::-1, :], np.swapaxes(c, 1, 2)])
+        c, f = cubes[i], cubes[i][::-1]
+        views = np.stack([c, c[:, :, ::-1], c[:, ::-1, :], np.swapaxes(c, 1, 2),
+                          f, f[:, :, ::-1], f[:, ::-1, :], np.swapaxes(f, 1, 2)])
         assert tta[i] == pytest.approx(clf.probabilities(np.ascontiguousarray(views)).mean(), abs=1e-6)
     assert 5 in top and tta[5] == pytest.approx(one[5], abs=1e-6)
     assert np.allclose(clf.probabilities_tta(cubes, prior, top=0), one)

@@ -197,7 +197,7 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     return out
 
 
-MODEL_NAME, MODEL_VERSION = "lesionlens-ct-nodule-n", "0.3.0"  # 0.3.0: with the 3D patch classifier
+MODEL_NAME, MODEL_VERSION = "lesionlens-ct-nodule-n", "0.4.0"  # 0.3.0: 3D patch classifier; 0.4.0: retrained with more positives, weighted combination
 
 
 def finalize_package(pkg: Path, recipe: DefaultRecipe, results: list[dict[str, Any]], images_per_s: float,
@@ -295,11 +295,15 @@ def fit_default_rescorer(pkg: Path, recipe: DefaultRecipe, cache: Path, *, log: 
 
 #: patches mined per phantom: the detector's most confident false candidates and a random sample
 #: of the rest; every true nodule also gives this many jittered cubes
-FPR_MINING = {"box_conf": 0.01, "top_negatives": 300, "random_negatives": 200, "truth_copies": 4}
+FPR_MINING = {"box_conf": 0.01, "top_negatives": 300, "random_negatives": 200, "truth_copies": 4,
+              "neg_per_pos": 3}
 #: more positives for the patch classifier, cheaply (no detector run): the true nodules of phantoms
 #: drawn with many nodules each, from a seed range of their own (never used to train the detector,
 #: tune or test)
 FPR_EXTRA = {"seed0": 700_000, "n_nodules": (12, 16)}
+#: the detector's weight w in the candidate confidence s^w · p^(1 − w) (pipeline/patchnet.py),
+#: chosen on the validation phantoms 500000… with bench/bench_patchnet.py (never on the test sets)
+FPR_DETECTOR_WEIGHT = 0.25
 
 
 def _extra_card(recipe: DefaultRecipe) -> str:
@@ -400,7 +404,8 @@ def fit_default_patch_classifier(pkg: Path, recipe: DefaultRecipe, cache: Path, 
     seeds = [recipe.train_seed0 + i for i in range(recipe.fpr_studies)]
     pos, neg = patch_training_data(pred, seeds, recipe.slice_spacings_mm, cache, seed=recipe.seed, log=log)
     info = {"box_conf": box_conf, "seeds": [seeds[0], seeds[-1]], "n_positive": int(len(pos)),
-            "n_negative": int(len(neg)), "epochs": recipe.fpr_epochs, **FPR_MINING}
+            "n_negative": int(len(neg)), "epochs": recipe.fpr_epochs, "detector_weight": FPR_DETECTOR_WEIGHT,
+            **FPR_MINING}
     if recipe.fpr_extra_studies:
         seed0 = int(FPR_EXTRA["seed0"])  # type: ignore[call-overload]
         extra = truth_patches(range(seed0, seed0 + recipe.fpr_extra_studies), recipe.slice_spacings_mm, cache,
@@ -413,6 +418,7 @@ def fit_default_patch_classifier(pkg: Path, recipe: DefaultRecipe, cache: Path, 
         log(f"patch classifier not trained: {len(pos)} positive and {len(neg)} negative cubes")
         return {"skipped": True, **info}
     net = fit_patch_classifier(pos, neg, PatchFitConfig(epochs=recipe.fpr_epochs, seed=recipe.seed,
+                                                         neg_per_pos=int(FPR_MINING["neg_per_pos"]),
                                                          threads=recipe.threads or None), log=log)
     export_patch_classifier(net, pkg / PATCH_FILE, info)
     return info
@@ -487,8 +493,9 @@ not been used for any choice:
             "`fpr.onnx`: a small 3D CNN on a 24 mm cube of HU sampled at 1 mm around it), trained on the "
             f"detector's candidates over {recipe.fpr_studies} of its training phantoms (seeds "
             f"{recipe.train_seed0}…{recipe.train_seed0 + recipe.fpr_studies - 1}) and on their true nodules"
-            f"{_extra_card(recipe)}; a candidate's confidence is the geometric mean of the detector's score and the classifier's "
-            "probability (averaged over 4 views of the cube for the 64 highest-ranked candidates).")
+            f"{_extra_card(recipe)}; a candidate's confidence is s^w · p^(1 − w) of the detector's score s and the "
+            f"classifier's probability p (w = {FPR_DETECTOR_WEIGHT}; p averaged over 8 views of the cube for the "
+            "64 highest-ranked candidates; one view for the rest).")
     return f"""# Model card — lesionlens-ct-nodule-n (default)
 
 **{NOTICE}**
@@ -547,7 +554,8 @@ DEFAULT_STAGES: tuple[DefaultRecipe, ...] = (
     DefaultRecipe(train_studies=100, val_studies=4, epochs=36, steps_per_epoch=120, val_every=6, lr=1.5e-3,
                   small_boost=2.0, model="@previous"),
     DefaultRecipe(train_studies=100, val_studies=4, epochs=30, steps_per_epoch=120, val_every=6, lr=1e-3,
-                  small_boost=2.0, copy_paste=0.3, model="@previous", fpr_studies=104, second_test_studies=30),
+                  small_boost=2.0, copy_paste=0.3, model="@previous", fpr_studies=104, fpr_epochs=6,
+                  fpr_extra_studies=200, second_test_studies=30),
 )
 
 
