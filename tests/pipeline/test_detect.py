@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lesionlens.engine.predict import resolve_model
 from lesionlens.pipeline.detect import DetectConfig, Detector
+from lesionlens.pipeline.patchnet import PatchClassifier
 from lesionlens.reports.bundle import write_outputs
 from lesionlens.reports.findings import SCHEMA_FILE
 from lesionlens.synth.ct import CTPhantomConfig, generate_ct, write_ct_study
@@ -69,10 +71,13 @@ def test_findings_match_the_truth_in_size_type_and_place(e2e: tuple[Path, dict, 
     # the ≥ 90 % type target is checked over 20+ nodules in test_measure; on these four from the
     # detector's boxes one part-solid/ground-glass call may go wrong
     assert types_right >= len(found) - 1
-    # the default model's patch classifier ran: confidences are rescored, the detector's score and
-    # the classifier's probability are kept
+    # the default model's patch classifier ran: confidences are rescored (s^w · p^(1 − w), w from
+    # the classifier's metadata), the detector's score and the classifier's probability are kept
+    clf = PatchClassifier.load(resolve_model("default"), threads=1)
+    assert clf is not None
+    w = clf.detector_weight
     assert all(0.0 <= f["detector_confidence"] <= 1.0 and 0.0 <= f["patch_probability"] <= 1.0
-               and f["confidence"] == pytest.approx((f["detector_confidence"] * f["patch_probability"]) ** 0.5,
+               and f["confidence"] == pytest.approx(f["detector_confidence"] ** w * f["patch_probability"] ** (1 - w),
                                                     abs=1e-3)
                and f["confidence"] >= 0.5 for f in findings)
     # tracking ids in order of confidence
