@@ -81,7 +81,7 @@ def main() -> None:
         (f"s^w · p^(1 − w), one view, w = {shipped_w}", lambda d: combine(shipped_w, d["s"], d["p"])),
     ]
     for w in sorted({shipped_w, *WEIGHTS}, reverse=True):
-        name = f"s^w · p^(1 − w), top {TTA_TOP} averaged over 4 views, w = {w}"
+        name = f"s^w · p^(1 − w), top {TTA_TOP} averaged over 8 views, w = {w}"
         settings.append((f"**{name} (shipped)**" if w == shipped_w else name,
                          lambda d, w=w: combine(w, d["s"], d["p_tta"][w])))
     n_nod = sum(len([les for les in d["truth"].lesions if not les.excluded]) for d in data)
