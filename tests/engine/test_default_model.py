@@ -60,3 +60,31 @@ def test_default_model_finds_the_large_nodules_of_an_unseen_phantom(tmp_path: Pa
             assert best.diameter_mm == pytest.approx(n["diameter_mm"], rel=0.5)
             assert best.detector_confidence is not None and best.patch_probability is not None  # rescored
     assert found == len(truth["nodules"])
+
+
+def test_the_model_sha256_covers_every_prediction_file(tmp_path: Path) -> None:
+    """Another patch classifier (same detector) is another model sha256; a new model card or
+    new metrics in meta.json are not; without the weights there is no identity."""
+    import shutil
+
+    from lesionlens.engine.checkpoint import WEIGHTS, sha256_file
+    from lesionlens.errors import ModelError
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(DEFAULT, pkg)
+    first = identity(pkg)["sha256"]
+    assert first == identity(DEFAULT)["sha256"] and first != sha256_file(pkg / WEIGHTS)
+    (pkg / "MODEL_CARD.md").write_text("another card")
+    meta = json.loads((pkg / "meta.json").read_text())
+    meta["metrics"] = {}
+    (pkg / "meta.json").write_text(json.dumps(meta))
+    assert identity(pkg)["sha256"] == first
+    with open(pkg / "fpr.onnx", "ab") as fh:
+        fh.write(b"\0")
+    changed = identity(pkg)["sha256"]
+    assert changed != first
+    (pkg / "fpr.onnx").unlink()
+    assert identity(pkg)["sha256"] not in (first, changed)
+    (pkg / WEIGHTS).unlink()
+    with pytest.raises(ModelError, match="weights missing"):
+        identity(pkg)

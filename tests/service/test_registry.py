@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lesionlens.engine.checkpoint import ModelMeta, identity, write_meta
+from lesionlens.engine.checkpoint import ModelMeta, identity, package_sha256, write_meta
 from lesionlens.engine.predict import PACKAGED_MODELS
 from lesionlens.engine.preprocess import InputSpec
 from lesionlens.errors import ConfigError, LesionLensError, ModelError
@@ -98,7 +98,7 @@ def test_manifest_of_the_shipped_package() -> None:
     assert m["name"] == meta["name"] and m["version"] == meta["version"] and m["created"] == meta["created"]
     assert m["metrics"] == meta["metrics"] and m["data_fingerprint"] == meta["data_fingerprint"]
     assert set(m["files"]) == {p.name for p in pkg.iterdir() if p.is_file()}
-    assert m["files"]["model.safetensors"]["sha256"] == identity(pkg)["sha256"]
+    assert package_sha256({n: e["sha256"] for n, e in m["files"].items()}) == identity(pkg)["sha256"]
     assert build_manifest(pkg) == m  # deterministic
 
 

@@ -9,7 +9,8 @@ A package is a folder::
     model.onnx          (optional) the exported graph, preferred by the ONNX backend
     state.pt            (last checkpoint only) optimizer / EMA / epoch, for --resume
 
-The model's identity (name, version, sha256 of the weights) goes into every output.
+The model's identity (name, version, sha256 over its prediction files: weights, ONNX graph,
+second stages) goes into every output.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
 META = "meta.json"
 ONNX = "model.onnx"
+#: the package files that decide its predictions (the second stages' files by name, so that this
+#: module need not import them); a model's ``sha256`` covers those present
+PREDICTION_FILES = (WEIGHTS, ONNX, "rescorer.json", "fpr.onnx")
 
 
 @dataclass
@@ -97,10 +101,23 @@ def write_meta(package: str | Path, meta: ModelMeta) -> Path:
     return p
 
 
+def package_sha256(file_hashes: dict[str, str]) -> str:
+    """The model's SHA-256 from its files' own: one hash over ``"NAME SHA256\n"`` of each of
+    :data:`PREDICTION_FILES` present in ``file_hashes`` (name → hex digest), in that order. Two
+    packages with the same detector but another second stage (``fpr.onnx``) differ; a new model
+    card or metrics in ``meta.json`` do not change it."""
+    h = hashlib.sha256()
+    for name in PREDICTION_FILES:
+        if name in file_hashes:
+            h.update(f"{name} {file_hashes[name]}\n".encode())
+    return h.hexdigest()
+
+
 def identity(package: str | Path) -> dict[str, str]:
-    """{name, version, sha256} of a package (sha256 of its weights file)."""
+    """{name, version, sha256} of a package (:func:`package_sha256` of its prediction files)."""
     meta = read_meta(package)
     weights = Path(package) / WEIGHTS
     if not weights.is_file():
         raise ModelError("model weights missing", path=weights)
-    return {"name": meta.name, "version": meta.version, "sha256": sha256_file(weights)}
+    hashes = {n: sha256_file(Path(package) / n) for n in PREDICTION_FILES if (Path(package) / n).is_file()}
+    return {"name": meta.name, "version": meta.version, "sha256": package_sha256(hashes)}
