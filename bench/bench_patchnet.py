@@ -54,11 +54,8 @@ def main() -> None:
         p = clf.probabilities(cubes)
         t3 = time.perf_counter()
         s = np.array([c.confidence for c in cands])
-        p_tta = {}  # the shipped scoring (top TTA_TOP, 4 views) under each detector weight w
-        for w in sorted({shipped_w, *WEIGHTS}):
-            clf.detector_weight = w
-            p_tta[w] = clf.probabilities_tta(cubes, s, one_view=p)
-        clf.detector_weight = shipped_w
+        # the shipped scoring (top TTA_TOP on 8 views) under each detector weight w
+        p_tta = {w: clf.probabilities_tta(cubes, s, one_view=p, weight=w) for w in {shipped_w, *WEIGHTS}}
         t_extract, t_infer, n_cand = t_extract + t2 - t1, t_infer + t3 - t2, n_cand + len(cands)
         y, _ = label_candidates(cands, case.truth)
         data.append({"truth": case.truth, "pts": pts, "s": s, "p": p, "p_tta": p_tta, "y": y})
@@ -72,18 +69,15 @@ def main() -> None:
                            n_bootstrap=0)
         return res.cpm, list(res.operating_points.values())
 
-    def combine(w: float, s: np.ndarray, p: np.ndarray) -> np.ndarray:
-        return s**w * p ** (1 - w)
-
     settings = [
         ("the detector alone", lambda d: d["s"]),
         ("the patch classifier alone", lambda d: d["p"]),
-        (f"s^w · p^(1 − w), one view, w = {shipped_w}", lambda d: combine(shipped_w, d["s"], d["p"])),
+        (f"s^w · p^(1 − w), one view, w = {shipped_w}", lambda d: clf.combine(d["s"], d["p"])),
     ]
     for w in sorted({shipped_w, *WEIGHTS}, reverse=True):
         name = f"s^w · p^(1 − w), top {TTA_TOP} averaged over 8 views, w = {w}"
         settings.append((f"**{name} (shipped)**" if w == shipped_w else name,
-                         lambda d, w=w: combine(w, d["s"], d["p_tta"][w])))
+                         lambda d, w=w: clf.combine(d["s"], d["p_tta"][w], w)))
     n_nod = sum(len([les for les in d["truth"].lesions if not les.excluded]) for d in data)
     print(f"\n{args.phantoms} phantoms (seeds {args.seed0}…), {n_nod} nodules, {n_cand} candidates, "
           f"{int(sum(d['y'].sum() for d in data))} hits\n")

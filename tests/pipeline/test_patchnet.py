@@ -122,6 +122,7 @@ def test_the_detector_weight_comes_with_the_classifier(tmp_path: Path) -> None:
     clf = PatchClassifier(export_patch_classifier(net, tmp_path / PATCH_FILE, {"detector_weight": 0.25}), threads=1)
     assert clf.detector_weight == 0.25
     assert clf.combine(0.0625, 1.0) == pytest.approx(0.5) and clf.combine(1.0, 0.0625) == pytest.approx(0.125)
+    assert clf.combine(0.0625, 1.0, 0.5) == pytest.approx(0.25)  # another weight, asked for explicitly
     v, affine, center = _ball_volume()
 
     def cands() -> list[Candidate3D]:

@@ -116,8 +116,8 @@ def package_sha256(file_hashes: dict[str, str]) -> str:
 def identity(package: str | Path) -> dict[str, str]:
     """{name, version, sha256} of a package (:func:`package_sha256` of its prediction files)."""
     meta = read_meta(package)
-    weights = Path(package) / WEIGHTS
-    if not weights.is_file():
-        raise ModelError("model weights missing", path=weights)
-    hashes = {n: sha256_file(Path(package) / n) for n in PREDICTION_FILES if (Path(package) / n).is_file()}
+    pkg = Path(package)
+    if not (pkg / WEIGHTS).is_file():
+        raise ModelError("model weights missing", path=pkg / WEIGHTS)
+    hashes = {n: sha256_file(pkg / n) for n in PREDICTION_FILES if (pkg / n).is_file()}
     return {"name": meta.name, "version": meta.version, "sha256": package_sha256(hashes)}

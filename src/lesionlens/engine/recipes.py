@@ -330,7 +330,7 @@ def truth_patches(seeds: Iterable[int], spacings: tuple[float, ...], cache: Path
     (``cache/truth-cubes/seed*.npy``), so a rerun reuses them."""
     from dataclasses import replace
 
-    from lesionlens.pipeline.patchnet import extract_patches
+    from lesionlens.pipeline.patchnet import SIZE, extract_patches
     from lesionlens.synth.ct import generate_ct
 
     d = cache / "truth-cubes"
@@ -348,7 +348,7 @@ def truth_patches(seeds: Iterable[int], spacings: tuple[float, ...], cache: Path
             (d / f"seed{sd}.tmp.npy").replace(f)
         out.append(np.load(f))
         log(f"nodule-rich phantom {i + 1}/{len(seeds)}: {len(out[-1])} positive cubes")
-    return np.concatenate(out) if out else np.zeros((0, 24, 24, 24), np.int16)
+    return np.concatenate(out) if out else np.zeros((0, SIZE, SIZE, SIZE), np.int16)
 
 
 def mine_patches(case: Any, cands: list[Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -428,9 +428,10 @@ def install_package(pkg: Path, dest: Path) -> None:
     """Copy the files a package needs for prediction (no optimizer state) to ``dest``; a stage file
     that ``dest`` holds from an earlier model but ``pkg`` lacks (e.g. an old ``rescorer.json``) is
     removed, so the installed model is exactly ``pkg``."""
+    from lesionlens.engine.checkpoint import CONFIG, META, PREDICTION_FILES
+
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("model.safetensors", "model.json", "meta.json", "model.onnx", "rescorer.json", "fpr.onnx",
-                 "MODEL_CARD.md"):
+    for name in (*PREDICTION_FILES, CONFIG, META, "MODEL_CARD.md"):
         if (pkg / name).is_file():
             shutil.copy2(pkg / name, dest / name)
         else:

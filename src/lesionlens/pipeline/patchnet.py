@@ -278,9 +278,10 @@ class PatchClassifier:
             raise ModelError(f"patch classifier detector_weight must be in (0, 1), got {self.detector_weight}",
                              path=self.path)
 
-    def combine(self, s: np.ndarray | float, p: np.ndarray | float) -> np.ndarray:
-        """The confidence ``s^w · p^(1 − w)`` of detector scores ``s`` and probabilities ``p``."""
-        w = self.detector_weight
+    def combine(self, s: np.ndarray | float, p: np.ndarray | float, weight: float | None = None) -> np.ndarray:
+        """The confidence ``s^w · p^(1 − w)`` of detector scores ``s`` and probabilities ``p``
+        (``w`` = ``weight``, else the classifier's :attr:`detector_weight`)."""
+        w = self.detector_weight if weight is None else float(weight)
         return np.power(np.clip(s, 0.0, None), w) * np.power(np.clip(p, 0.0, None), 1.0 - w)
 
     @classmethod
@@ -300,15 +301,16 @@ class PatchClassifier:
         return np.concatenate(out)
 
     def probabilities_tta(self, patches: np.ndarray, prior: np.ndarray, top: int = TTA_TOP, *,
-                          one_view: np.ndarray | None = None) -> np.ndarray:
+                          one_view: np.ndarray | None = None, weight: float | None = None) -> np.ndarray:
         """Probabilities of ``patches``; those of the ``top`` highest :meth:`combine` ``(prior, p)`` averaged
         over 8 views of their cube (as is, mirrored along x, mirrored along y, x and y swapped, and
         these four mirrored along z).
-        one_view: :meth:`probabilities` of ``patches`` when the caller has them already."""
+        one_view: :meth:`probabilities` of ``patches`` when the caller has them already.
+        weight: the detector weight that ranks the top (default: the classifier's own)."""
         p = self.probabilities(patches) if one_view is None else np.array(one_view, np.float64)
         if top <= 0 or len(p) == 0:
             return p
-        sel = np.argsort(-self.combine(prior, p), kind="stable")[:top]
+        sel = np.argsort(-self.combine(prior, p, weight), kind="stable")[:top]
         cubes = patches[sel]
         flipped = cubes[:, ::-1]
         views = [cubes[:, :, :, ::-1], cubes[:, :, ::-1, :], np.swapaxes(cubes, 2, 3), flipped,
