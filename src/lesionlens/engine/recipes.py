@@ -22,11 +22,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lesionlens.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lesionlens.engine.config import TrainConfig
 
 NOTICE = ("Demonstration model trained on synthetic CT phantoms only. Not a medical device; "
           "not for clinical use.")
@@ -110,6 +113,17 @@ def _lazy(d: Path):  # type: ignore[no-untyped-def]
     return LazyCTCase(t, t.patient_id, str(d), partial(_load_cached, d))
 
 
+def detector_train_config(recipe: DefaultRecipe, data: Path, out: Path, device: str = "auto") -> TrainConfig:
+    """The detector's :class:`TrainConfig` for one stage of the recipe (no early stop: patience = epochs)."""
+    from lesionlens.engine.config import TrainConfig
+
+    return TrainConfig(data=str(data), model=recipe.model, epochs=recipe.epochs, batch=recipe.batch,
+                       imgsz=recipe.imgsz, steps_per_epoch=recipe.steps_per_epoch, lr=recipe.lr,
+                       seed=recipe.seed, device=device, out=str(out), patience=recipe.epochs,
+                       val_every=recipe.val_every, threads=recipe.threads, small_boost=recipe.small_boost,
+                       copy_paste=recipe.copy_paste, score_floor=recipe.score_floor)
+
+
 def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", install_to: Path | None = None,
                 log: Any = print, shared: Path | None = None) -> dict[str, Any]:
     """Run one stage of the default recipe under ``work``; returns a summary (also written as JSON).
@@ -118,7 +132,6 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     reuse them (default: ``work`` itself).
     """
     from lesionlens.data.trainset import TrainSetConfig, build_training_set
-    from lesionlens.engine.config import TrainConfig
     from lesionlens.engine.evaluate import evaluate_ct
     from lesionlens.engine.export import export_onnx
     from lesionlens.engine.predict import Predictor, froc_config
@@ -147,11 +160,7 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     log(f"training set: {summary.positives} positives, {summary.negatives} negatives")
 
     t0 = time.perf_counter()
-    cfg = TrainConfig(data=str(dataset_dir / "dataset.yaml"), model=recipe.model, epochs=recipe.epochs,
-                      batch=recipe.batch, imgsz=recipe.imgsz, steps_per_epoch=recipe.steps_per_epoch,
-                      lr=recipe.lr, seed=recipe.seed, device=device, out=str(work / "run"), patience=recipe.epochs,
-                      val_every=recipe.val_every, threads=recipe.threads, small_boost=recipe.small_boost,
-                      copy_paste=recipe.copy_paste, score_floor=recipe.score_floor)
+    cfg = detector_train_config(recipe, dataset_dir / "dataset.yaml", work / "run", device)
     res = Trainer(cfg, on_epoch_end=[lambda e, r: log(f"epoch {e}: loss {r.get('train_loss'):.3f} "
                                                       f"val AP50 {r.get('val_ap50')}")]).fit()
     times["train"] = time.perf_counter() - t0
@@ -482,6 +491,9 @@ not been used for any choice:
              if recipe.small_boost else "")
     if recipe.copy_paste:
         boost += f"; lesions copy-pasted into {recipe.copy_paste:.0%} of the crops"
+    if recipe.score_floor:
+        boost += (f"; each box's best-aligned anchor given a class target of at least {recipe.score_floor:g} "
+                  "(score floor: tiny boxes otherwise learn scores as low as their IoU)")
     rescorer = "" if not recipe.rescorer_studies else (
         "\nThe 3D candidates are then rescored by a small perceptron (`lesionlens/pipeline/rescore.py`, "
         "`rescorer.json`: track shape and HU features) fitted on the candidates the detector produced on "
