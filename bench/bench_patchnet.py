@@ -40,6 +40,7 @@ def main() -> None:
     if clf is None:
         raise SystemExit(f"{args.model}: the package has no fpr.onnx")
     shipped_w = clf.detector_weight
+    weights = sorted({shipped_w, *WEIGHTS}, reverse=True)
     pred = Predictor(args.model, threads=args.threads,
                      config=PredictConfig(conf=clf.box_conf, max_det=300, rescore=False))
     data, t_extract, t_infer, n_cand = [], 0.0, 0.0, 0
@@ -55,7 +56,7 @@ def main() -> None:
         t3 = time.perf_counter()
         s = np.array([c.confidence for c in cands])
         # the shipped scoring (top TTA_TOP on 8 views) under each detector weight w
-        p_tta = {w: clf.probabilities_tta(cubes, s, one_view=p, weight=w) for w in {shipped_w, *WEIGHTS}}
+        p_tta = {w: clf.probabilities_tta(cubes, s, one_view=p, weight=w) for w in weights}
         t_extract, t_infer, n_cand = t_extract + t2 - t1, t_infer + t3 - t2, n_cand + len(cands)
         y, _ = label_candidates(cands, case.truth)
         data.append({"truth": case.truth, "pts": pts, "s": s, "p": p, "p_tta": p_tta, "y": y})
@@ -74,7 +75,7 @@ def main() -> None:
         ("the patch classifier alone", lambda d: d["p"]),
         (f"s^w · p^(1 − w), one view, w = {shipped_w}", lambda d: clf.combine(d["s"], d["p"])),
     ]
-    for w in sorted({shipped_w, *WEIGHTS}, reverse=True):
+    for w in weights:
         name = f"s^w · p^(1 − w), top {TTA_TOP} averaged over 8 views, w = {w}"
         settings.append((f"**{name} (shipped)**" if w == shipped_w else name,
                          lambda d, w=w: clf.combine(d["s"], d["p_tta"][w], w)))

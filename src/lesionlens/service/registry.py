@@ -31,14 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from lesionlens.engine.checkpoint import (
-    META,
-    PREDICTION_FILES,
-    WEIGHTS,
-    package_sha256,
-    read_meta,
-    sha256_file,
-)
+from lesionlens.engine.checkpoint import META, WEIGHTS, package_sha256, read_meta, sha256_file
 from lesionlens.errors import ConfigError, DataFormatError, ModelError
 from lesionlens.jsonio import read_json, write_json
 from lesionlens.service.signing import SignatureError, sign_manifest, verify_manifest
@@ -136,8 +129,7 @@ class ModelVersion:
         files = self.manifest.get("files", {})
         if not isinstance(files, dict) or WEIGHTS not in files:
             return ""
-        return package_sha256({n: str(e.get("sha256", "")) for n, e in files.items()
-                               if n in PREDICTION_FILES and isinstance(e, dict)})
+        return package_sha256({n: str(e.get("sha256", "")) for n, e in files.items() if isinstance(e, dict)})
 
     def identity(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version, "sha256": self.sha256}
