@@ -58,6 +58,29 @@ def test_eval_decode_matches_loss_decode() -> None:
     assert torch.allclose(model.decode(outs), det)
 
 
+def test_decode_with_large_logits_and_in_float16() -> None:
+    """The float32 decode clamps DFL logits instead of shifting by their max: still the softmax
+    decode for logits up to +-50; float16 (where exp overflows past 11) keeps the max shift."""
+    cfg = DetectorConfig(size="n", in_channels=1, num_classes=1)
+    model = build_detector(cfg).eval()
+    torch.manual_seed(1)
+    raw = []
+    for s in cfg.strides:
+        n = 64 // s
+        box = torch.randn(1, 4 * cfg.reg_max, n, n)
+        raw.append((box * (50.0 / box.abs().max()), torch.randn(1, 1, n, n)))
+    with torch.no_grad():
+        det = model.decode(raw)
+        outs = [torch.cat(o, 1) for o in raw]
+        d, c = flatten_outputs(outs, cfg.reg_max)
+        pts, st = make_anchors([(o.shape[2], o.shape[3]) for o in outs], cfg.strides)
+        ref = torch.cat((dist2bbox(dfl_expectation(d) * st, pts), c.sigmoid()), -1)
+        half = model.decode([(b.half(), k.half()) for b, k in raw])
+    assert torch.allclose(det, ref, atol=1e-3)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    assert torch.allclose(half.float(), ref, atol=0.5, rtol=1e-2)  # float16 steps are 0.25 px at 256
+
+
 def test_fuse_keeps_outputs() -> None:
     model = build_detector(DetectorConfig(size="n"))
     model.train()
@@ -132,3 +155,12 @@ def test_load_errors(tmp_path) -> None:
     path.with_suffix(".json").write_text(json.dumps({"size": "s"}))  # weights of another size
     with pytest.raises(ModelError, match="cannot load weights"):
         load_detector(path)
+
+
+def test_count_flops_by_hand() -> None:
+    """A CSP block at 8 x 8: two 1x1 16->16, one bottleneck (two 3x3 16->16), the 1x1 fuse 48->16."""
+    from lesionlens.models.blocks import CSPBlock
+
+    block = torch.nn.Sequential(CSPBlock(16, 16, n=1))
+    macs_per_px = 16 * 16 + 16 * 16 + 2 * 9 * 16 * 16 + 48 * 16
+    assert count_flops(block, (1, 16, 8, 8)) == 2 * 64 * macs_per_px

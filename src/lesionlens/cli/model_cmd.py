@@ -166,7 +166,7 @@ def _export(
             if calib is None:
                 raise ConfigError("--int8 needs --calib DATA (a dataset.yaml of representative images)")
             path = quantize_int8(path, calib, dest.with_name(dest.stem + "-int8.onnx"))
-        console.print(json.dumps({"onnx": str(path)}))
+        typer.echo(json.dumps({"onnx": str(path)}))  # machine-readable: never wrapped or styled
 
 
 def register(app: typer.Typer) -> None:

@@ -206,7 +206,9 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
     return out
 
 
-MODEL_NAME, MODEL_VERSION = "lesionlens-ct-nodule-n", "0.4.0"  # 0.3.0: 3D patch classifier; 0.4.0: retrained with more positives, weighted combination
+# 0.3.0: 3D patch classifier; 0.4.0: retrained with more positives, weighted combination;
+# 0.4.1: 0.4.0's weights re-exported (concatenated CSP fuse, clamped decode: a faster graph)
+MODEL_NAME, MODEL_VERSION = "lesionlens-ct-nodule-n", "0.4.1"
 
 
 def finalize_package(pkg: Path, recipe: DefaultRecipe, results: list[dict[str, Any]], images_per_s: float,

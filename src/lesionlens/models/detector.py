@@ -41,6 +41,7 @@ SIZES: dict[str, tuple[tuple[int, int, int, int], int]] = {
     "m": ((32, 64, 128, 256), 2),
 }
 ALLOWED_STRIDES = (4, 8, 16, 32)
+_LOGIT_CLAMP = 60.0  # DFL logits in the float32 decode (exp(60) * reg_max << float32 max)
 
 
 @dataclass
@@ -259,8 +260,11 @@ class Detector(nn.Module):
 
         outputs: per level either the training-mode map ``(B, 4 * reg_max + nc, h, w)`` or the
         head's ``(box logits, class logits)`` pair. Works channel-first per level and normalises
-        the DFL bins with max/exp/sum reductions rather than a softmax over a transposed tensor,
-        so the ONNX graph needs one small transpose at the very end.
+        the DFL bins with exp/sum reductions rather than a softmax over a transposed tensor,
+        so the ONNX graph needs one small transpose at the very end. In float32/bfloat16 the logits
+        are clamped to +-60 instead of shifted by their maximum (the same softmax for any logit a
+        trained head gives; exp(60) * reg_max is far from overflow): one consumer per box map,
+        so an INT8 graph dequantizes it once, and no max reduction. Float16 keeps the max shift.
         """
         r = self.config.reg_max
         levels = []
@@ -269,7 +273,10 @@ class Detector(nn.Module):
             b, _, h, w = box.shape
             bins = torch.arange(r, device=box.device, dtype=box.dtype).view(1, 1, r, 1)
             d = box.reshape(b, 4, r, h * w)
-            e = (d - d.amax(2, keepdim=True)).exp()
+            if torch.finfo(d.dtype).max > 1e38:
+                e = d.clamp(-_LOGIT_CLAMP, _LOGIT_CLAMP).exp()
+            else:
+                e = (d - d.amax(2, keepdim=True)).exp()
             dist = (e * bins).sum(2) / e.sum(2) * s  # (B, 4, hw) ltrb pixels
             points, _ = make_anchors([(h, w)], [s], device=box.device, dtype=box.dtype)
             pt = points.t().unsqueeze(0)  # (1, 2, hw)
@@ -346,6 +353,9 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int, int]) -> flo
     def linear_hook(m: nn.Linear, inp: tuple[Tensor, ...], out: Tensor) -> None:
         macs[0] += out.numel() * m.in_features
 
+    def sumconv_hook(m: SumConv, inp: tuple[Tensor, ...], out: Tensor) -> None:  # its 1x1 convs run as one
+        macs[0] += out.numel() * sum(c.in_channels for c in m.convs)  # type: ignore[misc]
+
     def attn_hook(m: AreaAttention, inp: tuple[Tensor, ...], out: Tensor) -> None:
         macs[0] += attention_macs(m, inp[0])
 
@@ -354,6 +364,8 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int, int]) -> flo
             hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(linear_hook))
+        elif isinstance(m, SumConv):
+            hooks.append(m.register_forward_hook(sumconv_hook))
         elif isinstance(m, AreaAttention):
             hooks.append(m.register_forward_hook(attn_hook))
     was_training = model.training
