@@ -60,6 +60,21 @@ def test_dynamic_export_runs_other_sizes(tmp_path) -> None:
     np.testing.assert_allclose(got, ref, atol=2e-3)
 
 
+def test_dynamic_export_of_the_attention_variant_at_its_size_multiple(tmp_path) -> None:
+    """imgsz equal to size_multiple (64 with area attention) used to fail: the exporter
+    specialised the one-multiple trace size. The dynamic graph must run at other sizes."""
+    torch.set_num_threads(1)
+    cfg = DetectorConfig(size="n", in_channels=1, num_classes=1, attention=True)
+    model = _trained_like(cfg)
+    assert model.size_multiple == 64
+    path = export_onnx(model, tmp_path / "att.onnx", imgsz=64, dynamic=True)
+    x = np.random.default_rng(4).standard_normal((1, 1, 64, 192)).astype(np.float32)
+    got = OnnxDetector(path, intra_op_threads=1)(x)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, atol=2e-3)
+
+
 def test_export_and_session_errors(tmp_path) -> None:
     model = build_detector(DetectorConfig(size="n"))
     with pytest.raises(ConfigError, match="imgsz"):

@@ -70,7 +70,8 @@ def export_onnx(
         fuse()
     dtype = torch.float16 if half else torch.float32
     m = m.to(dtype)
-    x = torch.zeros(batch, cfg.in_channels, h, w, dtype=dtype)
+    th, tw = (max(h, 2 * mult), max(w, 2 * mult)) if dynamic else (h, w)  # a dynamic graph traced at
+    x = torch.zeros(batch, cfg.in_channels, th, tw, dtype=dtype)  # one multiple gets that size baked in
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
