@@ -144,6 +144,23 @@ def test_cli_export_int8_of_the_default_model(tmp_path: Path) -> None:
     assert out == tmp_path / "m-int8.onnx" and (tmp_path / "m.onnx").is_file()
     det = OnnxDetector(out, intra_op_threads=1, providers=["CPUExecutionProvider"])
     assert det.num_classes == 1 and det.in_channels == 3
-    res = runner.invoke(app, ["export", "--model", "default", "--out", str(tmp_path / "n.onnx"), "--imgsz", "64",
-                              "--int8"])
-    assert res.exit_code != 0 and "--calib" in res.output
+    for extra, says in ((["--int8"], "--calib"), (["--int8", "--calib", str(calib), "--half"], "--half")):
+        res = runner.invoke(app, ["export", "--model", "default", "--out", str(tmp_path / "n.onnx"), *extra])
+        assert res.exit_code == 2 and says in res.output
+    assert not (tmp_path / "n.onnx").exists()  # checked before anything is written
+
+
+def test_cli_export_default_destination_leaves_the_package_alone(tmp_path: Path, monkeypatch) -> None:
+    from lesionlens.engine.checkpoint import sha256_file
+    from lesionlens.engine.predict import resolve_model
+
+    shipped = resolve_model("default") / "model.onnx"
+    before = sha256_file(shipped)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["export", "--model", "default", "--static", "--imgsz", "64"])
+    assert res.exit_code == 0, res.output
+    out = Path(json.loads(res.output.strip().splitlines()[-1])["onnx"])
+    assert out.parent == tmp_path and out.name.endswith("-static64.onnx") and out.name.startswith("lesionlens-ct")
+    boxes = OnnxDetector(out, intra_op_threads=1)(np.zeros((1, 3, 64, 64), np.float32))
+    assert boxes.shape == (1, 16 * 16 + 8 * 8 + 4 * 4, 5)
+    assert sha256_file(shipped) == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -139,7 +140,8 @@ def _evaluate(
 def _export(
     model: str = typer.Option(..., "--model", help="model name or package folder"),
     format: str = typer.Option("onnx", "--format", help="onnx"),
-    out: Path | None = typer.Option(None, "--out", help="output .onnx (default: the package's model.onnx)"),
+    out: Path | None = typer.Option(None, "--out", help="output .onnx (default: NAME-VERSION[-static<imgsz>][-fp16].onnx "
+                                    "in the current folder; the package itself is never changed unless named here)"),
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="symbolic batch/height/width"),
     half: bool = typer.Option(False, "--half", help="FP16 graph (GPU providers)"),
     imgsz: int = typer.Option(512, "--imgsz"),
@@ -154,18 +156,23 @@ def _export(
 
         if format != "onnx":
             raise ConfigError(f"--format: only 'onnx' is supported, got {format!r}")
+        if int8 and calib is None:
+            raise ConfigError("--int8 needs --calib DATA (a dataset.yaml of representative images)")
+        if int8 and half:
+            raise ConfigError("--int8 quantises the FP32 graph; leave out --half")
         pkg = resolve_model(model)
-        net, _ = load_package_model(pkg)
-        dest = out or pkg / "model.onnx"
+        net, meta = load_package_model(pkg)
+        if out is None:  # never the package's own model.onnx: its hash is the model's identity
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{meta.name}-{meta.version}")
+            out = Path.cwd() / f"{stem}{'' if dynamic else f'-static{imgsz}'}{'-fp16' if half else ''}.onnx"
         with progress(transient=True) as bar:
             bar.add_task("exporting", total=None)
-            path = export_onnx(net, dest, imgsz=imgsz, dynamic=dynamic, half=half)
+            path = export_onnx(net, out, imgsz=imgsz, dynamic=dynamic, half=half)
         if int8:
             from lesionlens.engine.quantize import quantize_int8
 
-            if calib is None:
-                raise ConfigError("--int8 needs --calib DATA (a dataset.yaml of representative images)")
-            path = quantize_int8(path, calib, dest.with_name(dest.stem + "-int8.onnx"))
+            assert calib is not None
+            path = quantize_int8(path, calib, out.with_name(out.stem + "-int8.onnx"), spec=meta.input)
         typer.echo(json.dumps({"onnx": str(path)}))  # machine-readable: never wrapped or styled
 
 
