@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lesionlens.dicom.stack import neighbour_stack, neighbour_stacks, resample
+from lesionlens.dicom.stack import neighbour_stack, neighbour_stacks, neighbour_stacks_at, resample
 from lesionlens.dicom.types import Volume
 from lesionlens.errors import ConfigError, UnsupportedInputError
 
@@ -57,6 +57,27 @@ def test_batched_equals_per_slice() -> None:
     assert allk.shape == (6, 4, 3, 4)
     for k in range(6):
         np.testing.assert_allclose(allk[k], neighbour_stack(vol, k, offsets), rtol=1e-6)
+
+
+@pytest.mark.parametrize("spacing", [0.7, 1.0, 1.25, 2.5])
+def test_stacks_at_are_the_per_slice_stacks_bit_for_bit(spacing: float) -> None:
+    """The predictor's batches (one array, in-place interpolation) equal the per-slice stacks
+    exactly, at the ends (clamped) and between slices, and normalise to the same inputs."""
+    from lesionlens.engine.preprocess import InputSpec, normalize, normalize_inplace
+
+    vol = ramp_volume(9, spacing, rows=5, cols=6)
+    vol.pixels[:] = np.random.default_rng(1).normal(-500, 700, vol.pixels.shape).astype(np.float32)
+    offsets = (-2.5, 0.0, 2.5)
+    ks = [0, 1, 4, 7, 8]
+    got = neighbour_stacks_at(vol, ks, offsets)
+    ref = np.stack([neighbour_stack(vol, k, offsets) for k in ks])
+    assert got.dtype == np.float32 and got.shape == (5, 3, 5, 6)
+    assert np.array_equal(got, ref)
+    spec = InputSpec()
+    assert np.array_equal(normalize_inplace(got, spec), normalize(ref, spec))
+    assert got.min() >= 0.0 and got.max() <= 1.0  # overwritten in place
+    with pytest.raises(ConfigError, match="outside"):
+        neighbour_stacks_at(vol, [3, 9], offsets)
 
 
 def test_stack_errors() -> None:

@@ -92,6 +92,33 @@ def neighbour_stack(
     return _gather(pixels, pos)
 
 
+def neighbour_stacks_at(
+    volume: Volume, ks: Sequence[int], offsets_mm: Sequence[float] | None = None, n_neighbours: int = 1
+) -> np.ndarray:
+    """Stacks for the slices ``ks``: ``(len(ks), N, R, C)`` float32, bit for bit
+    ``np.stack([neighbour_stack(volume, k, …) for k in ks])``, written straight into one array
+    (no per-slice temporaries; a whole-slice position is copied, not interpolated) — the
+    predictor's batches."""
+    pixels = _greyscale(volume)
+    kk = np.asarray(ks, dtype=np.int64)
+    if kk.size and (kk.min() < 0 or kk.max() >= pixels.shape[0]):
+        raise ConfigError(f"slice indices {kk.min()}..{kk.max()} outside 0..{pixels.shape[0] - 1}", code="stack")
+    pos = stack_positions(pixels.shape[0], kk, _offsets_in_slices(volume, offsets_mm, n_neighbours))
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, pixels.shape[0] - 1)
+    t = (pos - lo).astype(np.float32)
+    out = np.empty((*pos.shape, *pixels.shape[1:]), np.float32)
+    tmp = np.empty(pixels.shape[1:], np.float32)
+    for i, j in np.ndindex(*pos.shape):
+        a = out[i, j]
+        a[...] = pixels[lo[i, j]]
+        if t[i, j] != 0:  # a + t * (b - a), in the same float32 operations as _gather
+            np.subtract(pixels[hi[i, j]], a, out=tmp)
+            tmp *= t[i, j]
+            a += tmp
+    return out
+
+
 def neighbour_stacks(
     volume: Volume, offsets_mm: Sequence[float] | None = None, n_neighbours: int = 1
 ) -> np.ndarray:

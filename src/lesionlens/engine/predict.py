@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lesionlens.dicom.stack import neighbour_stack
+from lesionlens.dicom.stack import neighbour_stacks_at
 from lesionlens.dicom.types import Problem, Volume
 from lesionlens.engine.checkpoint import ONNX, WEIGHTS, ModelMeta, identity, read_meta
-from lesionlens.engine.preprocess import normalize, pad_to_multiple
+from lesionlens.engine.preprocess import normalize, normalize_inplace, pad_to_multiple
 from lesionlens.errors import ConfigError, ModelError
 from lesionlens.models.postprocess import Detections, Postprocessor, batched_nms
 from lesionlens.pipeline.aggregate import AggregateConfig, Candidate3D, SliceDetections, aggregate
@@ -156,10 +156,10 @@ class Predictor:
             t0 = time.perf_counter()
             ks = k_all[i : i + b]
             if spec.kind == "ct-hu":
-                stack = np.stack([neighbour_stack(volume, k, spec.context_mm) for k in ks])
+                stack = neighbour_stacks_at(volume, ks, spec.context_mm)
             else:
                 stack = np.repeat(volume.pixels[ks][:, None], spec.channels, axis=1).astype(np.float32)
-            x = pad_to_multiple(normalize(stack, spec), self.multiple)
+            x = pad_to_multiple(normalize_inplace(stack, spec), self.multiple)
             timings["preprocess"] += time.perf_counter() - t0
             yield ks, np.ascontiguousarray(x, dtype=np.float32)
 

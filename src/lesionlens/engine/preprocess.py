@@ -74,6 +74,15 @@ def normalize(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.clip((x - lo) / np.maximum(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
+def normalize_inplace(x: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """:func:`normalize` of a float32 array, overwriting it (the same values); returns ``x``."""
+    if spec.kind != "ct-hu" or x.dtype != np.float32:
+        return normalize(x, spec)
+    x -= spec.window_center - spec.window_width / 2.0
+    x *= 1.0 / spec.window_width
+    return np.clip(x, 0.0, 1.0, out=x)
+
+
 def pad_to_multiple(image: np.ndarray, multiple: int, fill: float = 0.0) -> np.ndarray:
     """Pad (…, H, W) at the bottom/right to multiples of ``multiple`` (boxes stay valid)."""
     h, w = image.shape[-2:]
