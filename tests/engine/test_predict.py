@@ -53,6 +53,20 @@ def test_torch_and_onnx_backends_agree_on_a_study(package: Path, study: Path) ->
     assert set(pt.timings) >= {"preprocess", "inference", "postprocess", "aggregate"}
 
 
+def test_cpu_batches_are_one_slice_and_any_batch_gives_the_same_candidates(package: Path, study: Path) -> None:
+    auto = Predictor(package, backend="onnx", config=PredictConfig(conf=0.0, max_det=50), threads=1)
+    eight = Predictor(package, backend="onnx", config=PredictConfig(conf=0.0, max_det=50, batch=8), threads=1)
+    assert not auto.on_gpu and auto.batch == 1 and eight.batch == 8
+    (a,), _ = auto.predict(study)
+    (b,), _ = eight.predict(study)
+    timings: dict[str, float] = {"preprocess": 0.0}
+    assert [len(ks) for ks, _ in auto._batches(a.volume, timings)] == [1] * 12
+    assert [len(ks) for ks, _ in eight._batches(a.volume, timings)] == [8, 4]
+    assert len(a.candidates) == len(b.candidates) > 0
+    for ca, cb in zip(a.candidates, b.candidates, strict=True):
+        assert ca.confidence == cb.confidence and np.array_equal(ca.center_mm, cb.center_mm)
+
+
 def test_low_conf_returns_the_tail_and_high_conf_filters(package: Path, study: Path) -> None:
     low = Predictor(package, backend="onnx", config=PredictConfig(conf=0.0, max_det=50))
     high = Predictor(package, backend="onnx", config=PredictConfig(conf=0.99, max_det=50))
@@ -87,7 +101,8 @@ def test_missing_model_is_a_clear_error(study: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kwargs, word", [({"tile": 32}, "tile"), ({"tile": 256, "tile_overlap": 200}, "tile_overlap"),
-                                          ({"conf": 1.5}, "conf"), ({"iou": 0.0}, "iou"), ({"max_det": 0}, "max_det")])
+                                          ({"conf": 1.5}, "conf"), ({"iou": 0.0}, "iou"), ({"max_det": 0}, "max_det"),
+                                          ({"batch": -1}, "batch")])
 def test_predict_config_refuses_values_that_would_fail_later(kwargs: dict, word: str) -> None:
     """A tile not larger than its overlap would never advance (a hang or a crash mid-study)."""
     from lesionlens.errors import ConfigError

@@ -57,10 +57,14 @@ class SeriesPrediction:
 
 @dataclass
 class PredictConfig:
+    """batch: CT slices per detector run; 0 = automatic: 1 on a CPU (ONNX Runtime measured fastest
+    per slice there: 15.0 ms at batch 1 against 16.9 ms at 8, 512 × 512, 2 threads; the outputs
+    are the same bit for bit), 16 on a GPU."""
+
     conf: float = 0.05
     iou: float = 0.5
     max_det: int = 100
-    batch: int = 8
+    batch: int = 0
     tile: int = 1024
     tile_overlap: int = 128
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
@@ -69,8 +73,8 @@ class PredictConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf <= 1.0 or not 0.0 < self.iou <= 1.0:
             raise ConfigError(f"conf must be in [0, 1] and iou in (0, 1], got {self.conf}, {self.iou}")
-        if self.max_det < 1 or self.batch < 1:
-            raise ConfigError(f"max_det and batch must be >= 1, got {self.max_det}, {self.batch}")
+        if self.max_det < 1 or self.batch < 0:
+            raise ConfigError(f"max_det must be >= 1 and batch >= 0 (0: automatic), got {self.max_det}, {self.batch}")
         if self.tile < 64 or not 0 <= self.tile_overlap <= self.tile // 2:
             raise ConfigError(f"tile must be >= 64 px and tile_overlap within 0..tile/2, got tile {self.tile}, "
                               f"overlap {self.tile_overlap}")
@@ -107,12 +111,21 @@ class Predictor:
         box_conf = min(fitted) if fitted else self.config.conf
         self.post_ct = Postprocessor(conf=box_conf, iou=self.config.iou, max_det=self.config.max_det,
                                      pre_nms_topk=max(3000, self.config.max_det))
-        self.backend = backend
+        self.backend, self._device = backend, device
         self._run, self.multiple = self._make_runner(backend, device, threads)
+        self.batch = self.config.batch or (16 if self.on_gpu else 1)
 
     @classmethod
     def load(cls, name: str | Path = "default", **kwargs: Any) -> Predictor:
         return cls(name, **kwargs)
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the detector runs on a GPU (a CUDA/TensorRT provider, or torch on cuda)."""
+        providers = getattr(self._run, "providers", None)
+        if providers is not None:
+            return any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in providers)
+        return self._device.startswith("cuda")
 
     def _make_runner(self, backend: str, device: str, threads: int | None) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
         if backend == "onnx":
@@ -150,7 +163,7 @@ class Predictor:
 
     # ------------------------------------------------------------------------------ CT
     def _batches(self, volume: Volume, timings: dict[str, float]) -> Iterator[tuple[list[int], np.ndarray]]:
-        spec, b = self.meta.input, self.config.batch
+        spec, b = self.meta.input, self.batch
         k_all = list(range(volume.pixels.shape[0]))
         for i in range(0, len(k_all), b):
             t0 = time.perf_counter()
