@@ -12,6 +12,7 @@ from lesionlens.errors import ConfigError, DataFormatError
 from lesionlens.metrics.froc import (
     FROCScan,
     compute_froc,
+    froc_recall_by_scan_group,
     froc_recall_by_size,
     match_scan,
     scan_level_metrics,
@@ -228,6 +229,20 @@ def test_recall_by_size_at_fp_rate() -> None:
     assert rec == {"<=6mm": (0, 1), "6-10mm": (1, 1), "10-20mm": (0, 1), ">20mm": (0, 0)}
     rec1 = froc_recall_by_size(r, 1.0)  # threshold .3: all three found
     assert [b.recall for b in rec1[:3]] == [1.0, 1.0, 1.0] and math.isnan(rec1[3].recall)
+
+
+def test_recall_by_scan_group_at_fp_rate() -> None:
+    """Scans A and C are "thin", B "thick": at 1/2 FP/scan (threshold .9) A's n1 (10 mm) is found,
+    its n2 (6 mm) not, B's n3 (20 mm) not; C has no nodule and adds nothing to "thin"."""
+    r = compute_froc(three_scans(), n_bootstrap=0)
+    by = froc_recall_by_scan_group(r, 0.5, ["thin", "thick", "thin"])
+    assert list(by) == ["thin", "thick"]
+    assert {b.name: (b.n_detected, b.n_total) for b in by["thin"]} == {"<=6mm": (0, 1), ">6mm": (1, 1)}
+    assert {b.name: (b.n_detected, b.n_total) for b in by["thick"]} == {"<=6mm": (0, 0), ">6mm": (0, 1)}
+    at1 = froc_recall_by_scan_group(r, 1.0, ["a", "b", "c"])  # threshold .3: all found; "c" has no nodule
+    assert list(at1) == ["a", "b"] and [b.n_detected for b in at1["a"]] == [1, 1]
+    with pytest.raises(DataFormatError, match="scan_groups"):
+        froc_recall_by_scan_group(r, 1.0, ["a", "b"])
 
 
 def test_scan_level_metrics() -> None:

@@ -23,6 +23,7 @@ from lesionlens.errors import ConfigError, DataFormatError
 from lesionlens.metrics import (
     FROCScan,
     compute_froc,
+    froc_recall_by_scan_group,
     froc_recall_by_size,
     plot_froc,
     scan_level_metrics,
@@ -72,12 +73,14 @@ def evaluate_ct(predictor: Predictor, data: str | Path, out_dir: str | Path, *, 
     scans: list[FROCScan] = []
     per_scan: list[dict[str, Any]] = []
     slices, infer_s, total_s = 0, 0.0, 0.0
+    spacings: list[str] = []  # slice spacing (mm) per scan, for recall by thickness
     for ref in refs:
         case = ref.load()
         t0 = time.perf_counter()
         pred = predictor.predict_volume(case.volume)
         total_s += time.perf_counter() - t0
         slices += case.volume.pixels.shape[0]
+        spacings.append(f"{float(case.volume.spacing_mm[0]):g}")
         infer_s += pred.timings.get("inference", 0.0)
         cands = pred.candidates
         pts = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
@@ -99,6 +102,9 @@ def evaluate_ct(predictor: Predictor, data: str | Path, out_dir: str | Path, *, 
         "operating_point": {"fp_per_scan": operating_fp, "threshold": thr if np.isfinite(thr) else None},
         "recall_by_size_at_1fp": _buckets(froc_recall_by_size(res, 1.0)),
         "recall_by_size_at_4fp": _buckets(froc_recall_by_size(res, 4.0)),
+        "recall_by_slice_spacing_at_4fp": [
+            {"slice_spacing_mm": float(g), "buckets": _buckets(b)}
+            for g, b in sorted(froc_recall_by_scan_group(res, 4.0, spacings).items(), key=lambda kv: float(kv[0]))],
         "scan_level": ({"sensitivity": scan_level.sensitivity, "specificity": scan_level.specificity}
                        if scan_level is not None else None),
         "localization_error_mm": float(np.mean(loc)) if loc else None,
