@@ -7,30 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from lesionlens.engine.checkpoint import ModelMeta, write_meta
 from lesionlens.engine.evaluate import evaluate_ct
-from lesionlens.engine.export import export_onnx
 from lesionlens.engine.predict import PredictConfig, Predictor
-from lesionlens.engine.preprocess import InputSpec
 from lesionlens.errors import DataFormatError
-from lesionlens.models.detector import DetectorConfig, build_detector, save_detector
 from lesionlens.synth.ct import CTPhantomConfig, generate_ct, write_ct_study
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("pkg")
-    model = build_detector(DetectorConfig(size="n", class_names=["nodule"])).eval()
-    with torch.no_grad():
-        for m in model.head.cls:  # scores spread over (0, 1): candidates down the whole tail
-            m[-1].bias.fill_(-2.0)
-    save_detector(model, d / "model.safetensors")
-    write_meta(d, ModelMeta(name="test-n", version="0", input=InputSpec(), names=["nodule"]))
-    export_onnx(model, d / "model.onnx", imgsz=128, dynamic=True)
-    return d
+def package(tmp_path_factory: pytest.TempPathFactory, make_tiny_package) -> Path:  # type: ignore[no-untyped-def]
+    return make_tiny_package(tmp_path_factory.mktemp("pkg"), cls_bias=-2.0)  # candidates down the whole tail
 
 
 @pytest.fixture(scope="module")

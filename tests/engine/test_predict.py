@@ -5,28 +5,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from lesionlens.cli.main import app
-from lesionlens.engine.checkpoint import ModelMeta, write_meta
-from lesionlens.engine.export import export_onnx
 from lesionlens.engine.predict import PredictConfig, Predictor
-from lesionlens.engine.preprocess import InputSpec
 from lesionlens.errors import ModelError
-from lesionlens.models.detector import DetectorConfig, build_detector, save_detector
 from lesionlens.synth.ct import CTPhantomConfig, generate_ct, write_ct_study
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("pkg")
-    model = build_detector(DetectorConfig(size="n", class_names=["nodule"])).eval()
-    save_detector(model, d / "model.safetensors")
-    write_meta(d, ModelMeta(name="test-n", version="0", input=InputSpec(), names=["nodule"]))
-    export_onnx(model, d / "model.onnx", imgsz=128, dynamic=True)
-    return d
+def package(tmp_path_factory: pytest.TempPathFactory, make_tiny_package) -> Path:  # type: ignore[no-untyped-def]
+    return make_tiny_package(tmp_path_factory.mktemp("pkg"))
 
 
 @pytest.fixture(scope="module")
