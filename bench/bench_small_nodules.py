@@ -12,13 +12,12 @@ nodules that no candidate hits at all, with their diameter and slice spacing.
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
+import math
+import tempfile
 
 import numpy as np
 
-
-def _size(d: float) -> str:
-    return "3-4 mm" if d <= 4.0 else "4-6 mm" if d <= 6.0 else "> 6 mm"
+SIZES = (("3-4 mm", 0.0, 4.0), ("4-6 mm", 4.0, 6.0), ("> 6 mm", 6.0, math.inf))
 
 
 def main() -> None:
@@ -28,36 +27,32 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
 
-    from lesionlens.data.trainset import discover_ct_cases
+    from lesionlens.engine.evaluate import evaluate_ct
     from lesionlens.engine.predict import Predictor, froc_config
-    from lesionlens.metrics.froc import FROCScan, compute_froc, threshold_at_fp_rate
+    from lesionlens.metrics.froc import (
+        froc_recall_by_scan_group,
+        froc_recall_by_size,
+        threshold_at_fp_rate,
+    )
 
     pred = Predictor(a.model, backend="onnx", threads=a.threads, config=froc_config(a.model))
-    scans, spacing = [], []
-    for ref in discover_ct_cases(a.data):
-        case = ref.load()
-        cands = pred.predict_volume(case.volume).candidates
-        pts = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
-        scores = np.array([c.confidence for c in cands], np.float64)
-        scans.append(FROCScan.from_truth(case.truth, pts, scores))
-        spacing.append(round(float(case.volume.spacing_mm[0]), 2))
-    res = compute_froc(scans, n_bootstrap=0)
+    ev = evaluate_ct(pred, a.data, tempfile.mkdtemp(), n_bootstrap=0)
+    res = ev.froc
+    assert res is not None
+    spacing = [s["slice_spacing_mm"] for s in ev.metrics["scans"]]
     print(f"model {pred.identity.get('name')} {pred.identity.get('version')}: {res.n_scans} scans, "
           f"{res.n_nodules} nodules, CPM {res.cpm:.3f}")
-    nodules = list(zip(res.nodule_best_score, res.nodule_diameter_mm, res.nodule_scan_index, strict=True))
     for fp in (1.0, 4.0):
-        thr = threshold_at_fp_rate(res, fp)
-        by: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for best, d, si in nodules:
-            found = int(np.isfinite(best) and best >= thr)
-            for key in (_size(d), f"{'<= 6 mm' if d <= 6.0 else '> 6 mm'} on {spacing[si]} mm slices"):
-                by[key][0] += found
-                by[key][1] += 1
-        print(f"at {fp:g} FP/scan (confidence >= {thr:.3f}):")
-        for key in sorted(by):
-            n, t = by[key]
-            print(f"  {key:28s} {n:4d}/{t:<4d} {n / t:.2f}")
-    missed = sorted((float(d), spacing[si]) for best, d, si in nodules if not np.isfinite(best))
+        print(f"at {fp:g} FP/scan (confidence >= {threshold_at_fp_rate(res, fp):.3f}):")
+        rows = [(b.name, b) for b in froc_recall_by_size(res, fp, SIZES)]
+        for sp, buckets in sorted(froc_recall_by_scan_group(res, fp, spacing).items()):
+            rows += [(f"{b.name} on {sp:g} mm slices", b) for b in buckets]
+        for name, b in rows:
+            if b.n_total:
+                print(f"  {name:28s} {b.n_detected:4d}/{b.n_total:<4d} {b.recall:.2f}")
+    missed = sorted((float(d), spacing[si]) for best, d, si in
+                    zip(res.nodule_best_score, res.nodule_diameter_mm, res.nodule_scan_index, strict=True)
+                    if not np.isfinite(best))
     print(f"no candidate at all: {len(missed)} nodules (diameter mm, slice spacing mm): {missed}")
 
 

@@ -61,8 +61,9 @@ def test_batched_equals_per_slice() -> None:
 
 @pytest.mark.parametrize("spacing", [0.7, 1.0, 1.25, 2.5])
 def test_stacks_at_are_the_per_slice_stacks_bit_for_bit(spacing: float) -> None:
-    """The predictor's batches (one array, in-place interpolation) equal the per-slice stacks
-    exactly, at the ends (clamped) and between slices, and normalise to the same inputs."""
+    """The predictor's batches (one array, in-place interpolation) are, bit for bit, the
+    interpolation a + t * (b - a) in float32 between the two nearest slices, clamped at the ends,
+    equal the per-slice stacks, and normalise to the same inputs."""
     from lesionlens.engine.preprocess import InputSpec, normalize, normalize_inplace
 
     vol = ramp_volume(9, spacing, rows=5, cols=6)
@@ -70,9 +71,14 @@ def test_stacks_at_are_the_per_slice_stacks_bit_for_bit(spacing: float) -> None:
     offsets = (-2.5, 0.0, 2.5)
     ks = [0, 1, 4, 7, 8]
     got = neighbour_stacks_at(vol, ks, offsets)
-    ref = np.stack([neighbour_stack(vol, k, offsets) for k in ks])
+    pos = np.clip(np.array(ks, np.float64)[:, None] + np.array(offsets)[None, :] / spacing, 0, 8)
+    lo = np.floor(pos).astype(int)
+    t = (pos - lo).astype(np.float32)[..., None, None]
+    a, b = vol.pixels[lo], vol.pixels[np.minimum(lo + 1, 8)]
+    ref = a + t * (b - a)  # written out here, independent of the implementation
     assert got.dtype == np.float32 and got.shape == (5, 3, 5, 6)
     assert np.array_equal(got, ref)
+    assert np.array_equal(got, np.stack([neighbour_stack(vol, k, offsets) for k in ks]))
     spec = InputSpec()
     assert np.array_equal(normalize_inplace(got, spec), normalize(ref, spec))
     assert got.min() >= 0.0 and got.max() <= 1.0  # overwritten in place

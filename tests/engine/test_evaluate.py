@@ -47,6 +47,8 @@ def test_evaluate_ct_metrics_agree_with_the_truth(package: Path, studies: Path, 
     assert sum(b["n_total"] for b in by[1.25]) == n_nodules["b"]
     found = sum(b["n_detected"] for e in by.values() for b in e)
     assert found == sum(b["n_detected"] for b in m["recall_by_size_at_4fp"])
+    assert [s["slice_spacing_mm"] for s in m["scans"]] == [2.5, 1.25]
+    assert res.froc is not None and res.froc.n_nodules == m["froc"]["n_nodules"]
     assert m["latency"]["ms_per_slice_inference"] > 0 and m["peak_rss_mb"] > 0
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["recall_by_slice_spacing_at_4fp"] == m["recall_by_slice_spacing_at_4fp"]

@@ -50,16 +50,6 @@ def stack_positions(n_slices: int, ks: np.ndarray, offsets_slices: Sequence[floa
     return np.clip(pos, 0.0, n_slices - 1.0)
 
 
-def _gather(pixels: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """pixels (K, R, C); pos (..., N) fractional slice positions → (..., N, R, C) float32."""
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, pixels.shape[0] - 1)
-    t = (pos - lo).astype(np.float32)[..., None, None]
-    a = pixels[lo].astype(np.float32)
-    b = pixels[hi].astype(np.float32)
-    return a + t * (b - a)
-
-
 def _offsets_in_slices(volume: Volume, offsets_mm: Sequence[float] | None, n_neighbours: int) -> list[float]:
     if offsets_mm is None:
         return list(neighbour_offsets(n_neighbours))
@@ -87,18 +77,16 @@ def neighbour_stack(
     pixels = _greyscale(volume)
     if not 0 <= k < pixels.shape[0]:
         raise ConfigError(f"slice index {k} outside 0..{pixels.shape[0] - 1}", code="stack")
-    offsets = _offsets_in_slices(volume, offsets_mm, n_neighbours)
-    pos = stack_positions(pixels.shape[0], np.array([k]), offsets)[0]
-    return _gather(pixels, pos)
+    return neighbour_stacks_at(volume, [k], offsets_mm, n_neighbours)[0]
 
 
 def neighbour_stacks_at(
     volume: Volume, ks: Sequence[int], offsets_mm: Sequence[float] | None = None, n_neighbours: int = 1
 ) -> np.ndarray:
-    """Stacks for the slices ``ks``: ``(len(ks), N, R, C)`` float32, bit for bit
-    ``np.stack([neighbour_stack(volume, k, …) for k in ks])``, written straight into one array
-    (no per-slice temporaries; a whole-slice position is copied, not interpolated) — the
-    predictor's batches."""
+    """Stacks for the slices ``ks``: ``(len(ks), N, R, C)`` float32, ``[i] == neighbour_stack(volume,
+    ks[i], …)``. Written straight into one array: a whole-slice position is copied, a position
+    between slices ``a`` and ``b`` is ``a + t * (b - a)`` in float32, in place (no per-slice
+    temporaries) — the predictor's batches, the training stacks and :func:`neighbour_stacks`."""
     pixels = _greyscale(volume)
     kk = np.asarray(ks, dtype=np.int64)
     if kk.size and (kk.min() < 0 or kk.max() >= pixels.shape[0]):
@@ -112,7 +100,7 @@ def neighbour_stacks_at(
     for i, j in np.ndindex(*pos.shape):
         a = out[i, j]
         a[...] = pixels[lo[i, j]]
-        if t[i, j] != 0:  # a + t * (b - a), in the same float32 operations as _gather
+        if t[i, j] != 0:  # a + t * (b - a)
             np.subtract(pixels[hi[i, j]], a, out=tmp)
             tmp *= t[i, j]
             a += tmp
@@ -127,10 +115,7 @@ def neighbour_stacks(
     Memory: ``K·N·R·C·4`` bytes (about 0.9 GB for 300 slices × 3 × 512²); iterate
     :func:`neighbour_stack` for very large series.
     """
-    pixels = _greyscale(volume)
-    offsets = _offsets_in_slices(volume, offsets_mm, n_neighbours)
-    pos = stack_positions(pixels.shape[0], np.arange(pixels.shape[0]), offsets)
-    return _gather(pixels, pos)
+    return neighbour_stacks_at(volume, range(_greyscale(volume).shape[0]), offsets_mm, n_neighbours)
 
 
 def resample(volume: Volume, spacing_mm: Sequence[float | None], order: int = 1) -> Volume:

@@ -21,6 +21,7 @@ import numpy as np
 from lesionlens.engine.predict import Predictor
 from lesionlens.errors import ConfigError, DataFormatError
 from lesionlens.metrics import (
+    FROCResult,
     FROCScan,
     compute_froc,
     froc_recall_by_scan_group,
@@ -33,8 +34,12 @@ from lesionlens.metrics import (
 
 @dataclass
 class EvalResult:
+    """metrics: what ``metrics.json`` holds; froc: the CT FROC result itself (per-nodule best
+    scores, diameters, scans — for further breakdowns), None for 2D evaluations."""
+
     metrics: dict[str, Any]
     out_dir: Path
+    froc: FROCResult | None = None
 
 
 def _peak_rss_mb() -> float:
@@ -73,21 +78,20 @@ def evaluate_ct(predictor: Predictor, data: str | Path, out_dir: str | Path, *, 
     scans: list[FROCScan] = []
     per_scan: list[dict[str, Any]] = []
     slices, infer_s, total_s = 0, 0.0, 0.0
-    spacings: list[str] = []  # slice spacing (mm) per scan, for recall by thickness
     for ref in refs:
         case = ref.load()
         t0 = time.perf_counter()
         pred = predictor.predict_volume(case.volume)
         total_s += time.perf_counter() - t0
         slices += case.volume.pixels.shape[0]
-        spacings.append(f"{float(case.volume.spacing_mm[0]):g}")
         infer_s += pred.timings.get("inference", 0.0)
         cands = pred.candidates
         pts = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
         scores = np.array([c.confidence for c in cands], np.float64)
         scans.append(FROCScan.from_truth(case.truth, pts, scores))
         per_scan.append({"series_instance_uid": case.truth.series_instance_uid, "n_truth": len(case.truth.lesions),
-                         "n_candidates": len(cands), "slices": int(case.volume.pixels.shape[0])})
+                         "n_candidates": len(cands), "slices": int(case.volume.pixels.shape[0]),
+                         "slice_spacing_mm": round(float(case.volume.spacing_mm[0]), 3)})
     res = compute_froc(scans, n_bootstrap=n_bootstrap)
     thr = threshold_at_fp_rate(res, operating_fp)
     scan_level = scan_level_metrics(scans, thr) if np.isfinite(thr) else None
@@ -103,8 +107,8 @@ def evaluate_ct(predictor: Predictor, data: str | Path, out_dir: str | Path, *, 
         "recall_by_size_at_1fp": _buckets(froc_recall_by_size(res, 1.0)),
         "recall_by_size_at_4fp": _buckets(froc_recall_by_size(res, 4.0)),
         "recall_by_slice_spacing_at_4fp": [
-            {"slice_spacing_mm": float(g), "buckets": _buckets(b)}
-            for g, b in sorted(froc_recall_by_scan_group(res, 4.0, spacings).items(), key=lambda kv: float(kv[0]))],
+            {"slice_spacing_mm": g, "buckets": _buckets(b)}
+            for g, b in sorted(froc_recall_by_scan_group(res, 4.0, [s["slice_spacing_mm"] for s in per_scan]).items())],
         "scan_level": ({"sensitivity": scan_level.sensitivity, "specificity": scan_level.specificity}
                        if scan_level is not None else None),
         "localization_error_mm": float(np.mean(loc)) if loc else None,
@@ -116,7 +120,7 @@ def evaluate_ct(predictor: Predictor, data: str | Path, out_dir: str | Path, *, 
     metrics = _clean(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_froc(res, out / "froc.png", title=f"FROC — CPM {res.cpm:.3f}")
-    return EvalResult(metrics, out)
+    return EvalResult(metrics, out, res)
 
 
 def evaluate_2d(predictor: Predictor, data: str | Path, out_dir: str | Path, *, split: str = "val",

@@ -64,10 +64,9 @@ class InputSpec:
 
 def normalize(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """(C, H, W) or (B, C, H, W) physical values → float32 in [0, 1] per ``spec``."""
-    x = np.asarray(image, dtype=np.float32)
     if spec.kind == "ct-hu":
-        lo = spec.window_center - spec.window_width / 2.0
-        return np.clip((x - lo) * (1.0 / spec.window_width), 0.0, 1.0, dtype=np.float32)
+        return normalize_inplace(np.array(image, dtype=np.float32), spec)  # on a copy
+    x = np.asarray(image, dtype=np.float32)
     axes = tuple(range(x.ndim - 3, x.ndim))
     lo = np.percentile(x, 0.5, axis=axes, keepdims=True)
     hi = np.percentile(x, 99.5, axis=axes, keepdims=True)
@@ -75,7 +74,8 @@ def normalize(image: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def normalize_inplace(x: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """:func:`normalize` of a float32 array, overwriting it (the same values); returns ``x``."""
+    """:func:`normalize` of a float32 array, overwriting it for a HU window (the same values);
+    returns the normalised array (a new one for ``gray`` input or another dtype)."""
     if spec.kind != "ct-hu" or x.dtype != np.float32:
         return normalize(x, spec)
     x -= spec.window_center - spec.window_width / 2.0

@@ -83,7 +83,7 @@ def quantize_int8(onnx_path: str | Path, calib: str | Path, out_path: str | Path
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         graph = onnx.load(str(pre))
     except Exception:  # pre-processing is an optimisation; fall back to the plain graph
-        graph = onnx.load(str(src))
+        graph = model
     upsample_as_conv_transpose(graph)
     onnx.save(graph, str(pre))
     exclude = float_nodes(graph)

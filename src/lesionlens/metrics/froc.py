@@ -30,7 +30,7 @@ Undefined ratios (e.g. a sensitivity when there are no nodules at all) are ``nan
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -452,10 +452,14 @@ def froc_recall_by_size(
     The operating point is :func:`threshold_at_fp_rate`; a nodule counts as detected when its
     best hit scores at least that threshold.
     """
+    return recall_by_size(result.nodule_diameter_mm, _detected_at(result, fps_per_scan), buckets)
+
+
+def _detected_at(result: FROCResult, fps_per_scan: float) -> np.ndarray:
+    """(N,) bool per nodule: its best hit scores at least the threshold of ``fps_per_scan``."""
     thr = threshold_at_fp_rate(result, fps_per_scan)
     with np.errstate(invalid="ignore"):
-        detected = result.nodule_best_score >= thr  # nan (never hit) → False
-    return recall_by_size(result.nodule_diameter_mm, detected, buckets)
+        return result.nodule_best_score >= thr  # nan (never hit) → False
 
 
 SMALL_LARGE_MM: tuple[tuple[str, float, float], ...] = (("<=6mm", 0.0, 6.0), (">6mm", 6.0, math.inf))
@@ -464,22 +468,20 @@ SMALL_LARGE_MM: tuple[tuple[str, float, float], ...] = (("<=6mm", 0.0, 6.0), (">
 def froc_recall_by_scan_group(
     result: FROCResult,
     fps_per_scan: float,
-    scan_groups: Sequence[str],
+    scan_groups: Sequence[Hashable],
     buckets: Sequence[tuple[str, float, float]] = SMALL_LARGE_MM,
-) -> dict[str, list[BucketRecall]]:
+) -> dict[Hashable, list[BucketRecall]]:
     """Recall per size bucket within each group of scans (e.g. slice thickness), at the operating
     point of ``fps_per_scan`` FPs per scan over all scans. scan_groups: one label per scan, in the
     order the scans were given to :func:`compute_froc`. Groups in first-seen order; a group whose
     scans hold no nodule is left out."""
     if len(scan_groups) != result.n_scans:
         raise DataFormatError(f"scan_groups: {len(scan_groups)} labels for {result.n_scans} scans")
-    thr = threshold_at_fp_rate(result, fps_per_scan)
-    with np.errstate(invalid="ignore"):
-        detected = result.nodule_best_score >= thr  # nan (never hit) → False
-    labels = np.array([scan_groups[int(i)] for i in result.nodule_scan_index], dtype=object)
-    out: dict[str, list[BucketRecall]] = {}
+    detected = _detected_at(result, fps_per_scan)
+    labels = [scan_groups[int(i)] for i in result.nodule_scan_index]  # per nodule
+    out: dict[Hashable, list[BucketRecall]] = {}
     for g in dict.fromkeys(scan_groups):
-        m = labels == g
+        m = np.array([lab == g for lab in labels], bool)
         if m.any():
             out[g] = recall_by_size(result.nodule_diameter_mm[m], detected[m], buckets)
     return out
