@@ -72,14 +72,19 @@ def test_findings_match_the_truth_in_size_type_and_place(e2e: tuple[Path, dict, 
     # detector's boxes one part-solid/ground-glass call may go wrong
     assert types_right >= len(found) - 1
     # the default model's patch classifier ran: confidences are rescored (s^w · p^(1 − w), w from
-    # the classifier's metadata), the detector's score and the classifier's probability are kept
+    # the classifier's metadata; for small candidates p blended with the detail classifier's q as
+    # p^a · q^(1 − a)), the detector's score and the classifiers' probabilities are kept
     clf = PatchClassifier.load(resolve_model("default"), threads=1)
     assert clf is not None
     w = clf.detector_weight
-    assert all(0.0 <= f["detector_confidence"] <= 1.0 and 0.0 <= f["patch_probability"] <= 1.0
-               and f["confidence"] == pytest.approx(f["detector_confidence"] ** w * f["patch_probability"] ** (1 - w),
-                                                    abs=1e-3)
-               and f["confidence"] >= 0.5 for f in findings)
+    for f in findings:
+        p = f["patch_probability"]
+        if "detail_probability" in f:
+            assert clf.detail is not None and 0.0 <= f["detail_probability"] <= 1.0
+            p = p ** clf.detail.main_weight * f["detail_probability"] ** (1 - clf.detail.main_weight)
+        assert 0.0 <= f["detector_confidence"] <= 1.0 and 0.0 <= f["patch_probability"] <= 1.0
+        assert f["confidence"] == pytest.approx(f["detector_confidence"] ** w * p ** (1 - w), abs=1e-3)
+        assert f["confidence"] >= 0.5
     # tracking ids in order of confidence
     assert [f["tracking_id"] for f in findings] == [f"L{i}" for i in range(1, len(findings) + 1)]
     assert all(a["confidence"] >= b["confidence"] for a, b in zip(findings, findings[1:]))

@@ -72,7 +72,7 @@ def _predict(
     max_det: int = typer.Option(100, "--max-det"),
     rescore: bool = typer.Option(True, "--rescore/--no-rescore",
                                  help="rescore CT candidates with the model's false-positive reduction stages "
-                                      "(rescorer.json, fpr.onnx) when it has them"),
+                                      "(rescorer.json, fpr.onnx, fpr_detail.onnx) when it has them"),
 ) -> None:
     """Detect lesions and write DIR/findings.json."""
     with error_boundary():

@@ -31,7 +31,7 @@ META = "meta.json"
 ONNX = "model.onnx"
 #: the package files that decide its predictions (the second stages' files by name, so that this
 #: module need not import them); a model's ``sha256`` covers those present
-PREDICTION_FILES = (WEIGHTS, ONNX, "rescorer.json", "fpr.onnx")
+PREDICTION_FILES = (WEIGHTS, ONNX, "rescorer.json", "fpr.onnx", "fpr_detail.onnx")
 
 
 @dataclass

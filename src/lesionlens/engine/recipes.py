@@ -16,6 +16,7 @@ The model it makes is for demonstration only: trained on synthetic data, **not f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -64,6 +65,7 @@ class DefaultRecipe:
     fpr_studies: int = 0  # > 0: train the 3D patch classifier on this many training phantoms
     fpr_epochs: int = 12
     fpr_extra_studies: int = 0  # > 0: also the true nodules of this many nodule-rich phantoms (FPR_EXTRA)
+    fpr_detail: bool = False  # also train the detail classifier for small candidates (FPR_DETAIL)
     second_test_studies: int = 0  # > 0: also evaluate on a second held-out set (seeds second_test_seed0…)
     second_test_seed0: int = 920_000
     seed: int = 0
@@ -175,6 +177,10 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
         t0 = time.perf_counter()
         fit_default_patch_classifier(pkg, recipe, cache, log=log)
         times["fit_patch_classifier"] = time.perf_counter() - t0
+    if recipe.fpr_detail:
+        t0 = time.perf_counter()
+        fit_default_detail_classifier(pkg, recipe, cache, log=log)
+        times["fit_detail_classifier"] = time.perf_counter() - t0
 
     pred = Predictor(pkg, backend="onnx", threads=2, config=froc_config(pkg))
     results: list[dict[str, Any]] = []
@@ -432,6 +438,124 @@ def fit_default_patch_classifier(pkg: Path, recipe: DefaultRecipe, cache: Path, 
                                                          neg_per_pos=int(FPR_MINING["neg_per_pos"]),
                                                          threads=recipe.threads or None), log=log)
     export_patch_classifier(net, pkg / PATCH_FILE, info)
+    return info
+
+
+#: the detail classifier (pipeline/patchnet.py, ``fpr_detail.onnx``): the same network on a 12 mm
+#: cube at 0.5 mm, trained on small nodules only, for candidates up to ``gate_mm`` across. Positives:
+#: the hits on nodules up to ``max_nodule_mm`` and ``truth_copies`` jittered cubes of each such
+#: nodule of the training phantoms and of ``extra_studies`` nodule-rich phantoms (FPR_EXTRA's
+#: seeds); negatives: the false candidates up to ``max_candidate_mm`` that the main classifier's
+#: mining picks (FPR_MINING). ``gate_mm`` and ``main_weight`` chosen on the validation phantoms
+#: 500000… with bench/bench_patchnet.py (never on the test sets).
+FPR_DETAIL = {"size": 24, "step_mm": 0.5, "max_nodule_mm": 6.5, "max_candidate_mm": 10.0, "truth_copies": 8,
+              "extra_studies": 100, "epochs": 8, "neg_per_pos": 3, "gate_mm": 8.0, "main_weight": 0.6}
+
+
+def _small_jittered(lesions: list[Any], rng: np.random.Generator) -> np.ndarray:
+    """``(N, 3)`` LPS mm: ``FPR_DETAIL["truth_copies"]`` jittered centres of each lesion (each moved
+    by up to a quarter of its diameter, at most 2 mm, along each axis)."""
+    pts = [np.asarray(les.center_mm, np.float64) + rng.uniform(-1, 1, 3) * min(les.diameter_mm / 4, 2.0)
+           for les in lesions for _ in range(int(FPR_DETAIL["truth_copies"]))]
+    return np.array(pts, np.float64).reshape(-1, 3)
+
+
+def _small(truth: Any) -> list[Any]:
+    return [les for les in truth.lesions if not les.excluded and les.diameter_mm <= FPR_DETAIL["max_nodule_mm"]]
+
+
+def detail_truth_patches(seeds: Iterable[int], spacings: tuple[float, ...], cache: Path, *,
+                         log: Any = print) -> np.ndarray:
+    """int16 detail cubes around jittered small true nodules of the nodule-rich phantoms ``seeds``
+    (FPR_EXTRA's configuration), cached per seed in ``cache/detail-cubes``."""
+    from dataclasses import replace
+
+    from lesionlens.pipeline.patchnet import extract_patches
+    from lesionlens.synth.ct import generate_ct
+
+    size, step = int(FPR_DETAIL["size"]), float(FPR_DETAIL["step_mm"])
+    d = cache / "detail-cubes"
+    d.mkdir(parents=True, exist_ok=True)
+    config = replace(_phantom_config(spacings), n_nodules=tuple(FPR_EXTRA["n_nodules"]), p_no_nodules=0.0)
+    out = []
+    seeds = list(seeds)
+    for i, sd in enumerate(seeds):
+        f = d / f"seed{sd}.npy"
+        if not f.is_file():
+            ph = generate_ct(sd, config)
+            pts = _small_jittered(_small(ph.truth), np.random.default_rng(sd))
+            cubes = extract_patches(ph.hu.astype(np.float32), ph.affine, pts, size=size, step_mm=step).astype(np.int16)
+            tmp = d / f"seed{sd}.{os.getpid()}.tmp.npy"
+            np.save(tmp, cubes)
+            tmp.replace(f)
+        out.append(np.load(f))
+        log(f"detail cubes, nodule-rich phantom {i + 1}/{len(seeds)}: {len(out[-1])} positive cubes")
+    return np.concatenate(out) if out else np.zeros((0, size, size, size), np.int16)
+
+
+def mine_detail_patches(case: Any, cands: list[Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(pos, neg)`` int16 detail cubes of one phantom and the detector's candidates on it: the
+    hits on small nodules and jittered copies of those nodules; the false candidates that
+    :func:`mine_patches` would pick, up to ``max_candidate_mm`` across."""
+    from lesionlens.pipeline.patchnet import extract_patches
+    from lesionlens.pipeline.rescore import label_candidates
+
+    size, step = int(FPR_DETAIL["size"]), float(FPR_DETAIL["step_mm"])
+    vol = case.volume
+    y, keep = label_candidates(cands, case.truth)
+    s = np.array([c.confidence for c in cands], np.float64)
+    diam = np.array([c.diameter_mm for c in cands], np.float64)
+    centers = np.array([c.center_mm for c in cands], np.float64).reshape(-1, 3)
+    false = np.flatnonzero((y == 0) & keep)
+    top = false[np.argsort(-s[false], kind="stable")][: int(FPR_MINING["top_negatives"])]
+    rest = np.setdiff1d(false, top)
+    pick = np.r_[top, rng.choice(rest, min(int(FPR_MINING["random_negatives"]), len(rest)), replace=False)].astype(int)
+    pick = pick[diam[pick] <= FPR_DETAIL["max_candidate_mm"]]
+    small = _small(case.truth)
+    hits = np.zeros(len(cands), bool)
+    for les in small:
+        hits |= np.sum((centers - np.asarray(les.center_mm)) ** 2, axis=1) < (les.diameter_mm / 2) ** 2
+    pc = np.concatenate([centers[hits], _small_jittered(small, rng)])
+    return (extract_patches(vol.pixels, vol.affine, pc, size=size, step_mm=step).astype(np.int16),
+            extract_patches(vol.pixels, vol.affine, centers[pick], size=size, step_mm=step).astype(np.int16))
+
+
+def fit_default_detail_classifier(pkg: Path, recipe: DefaultRecipe, cache: Path, *,
+                                  log: Any = print) -> dict[str, Any]:
+    """Train the detail classifier of ``pkg`` (FPR_DETAIL) on the detector's candidates over the
+    first ``recipe.fpr_studies`` training phantoms and write ``pkg/fpr_detail.onnx``."""
+    from lesionlens.engine.predict import PredictConfig, Predictor
+    from lesionlens.pipeline.patchnet import (
+        DETAIL_FILE,
+        PatchFitConfig,
+        export_patch_classifier,
+        fit_patch_classifier,
+    )
+
+    box_conf = float(FPR_MINING["box_conf"])
+    pred = Predictor(pkg, backend="onnx", threads=recipe.threads or None,
+                     config=PredictConfig(conf=box_conf, max_det=300, rescore=False))
+    seeds = [recipe.train_seed0 + i for i in range(recipe.fpr_studies)]
+    rng = np.random.default_rng(recipe.seed)
+    pos, neg = [], []
+    for i, (case, cands) in enumerate(phantom_candidates(pred, seeds, recipe.slice_spacings_mm, cache)):
+        p, n = mine_detail_patches(case, cands, rng)
+        pos.append(p)
+        neg.append(n)
+        log(f"detail phantom {i + 1}/{len(seeds)}: {len(p)} positive and {len(n)} negative cubes")
+    seed0, n_extra = int(FPR_EXTRA["seed0"]), int(FPR_DETAIL["extra_studies"])  # type: ignore[call-overload]
+    pos.append(detail_truth_patches(range(seed0, seed0 + n_extra), recipe.slice_spacings_mm, cache, log=log))
+    pos_a, neg_a = np.concatenate(pos), np.concatenate(neg)
+    info = {"box_conf": box_conf, "seeds": [seeds[0], seeds[-1]], "extra_seeds": [seed0, seed0 + n_extra - 1],
+            "n_positive": int(len(pos_a)), "n_negative": int(len(neg_a)), "role": "detail", **FPR_DETAIL}
+    if len(pos_a) == 0 or len(neg_a) == 0:
+        log(f"detail classifier not trained: {len(pos_a)} positive and {len(neg_a)} negative cubes")
+        return {"skipped": True, **info}
+    net = fit_patch_classifier(pos_a, neg_a, PatchFitConfig(epochs=int(FPR_DETAIL["epochs"]), seed=recipe.seed,
+                                                             neg_per_pos=int(FPR_DETAIL["neg_per_pos"]),
+                                                             threads=recipe.threads or None), log=log)
+    export_patch_classifier(net, pkg / DETAIL_FILE, info, size=int(FPR_DETAIL["size"]),
+                            step_mm=float(FPR_DETAIL["step_mm"]))
     return info
 
 

@@ -74,11 +74,13 @@ class Candidate3D:
     slice_scores: list[float] = field(default_factory=list)
     detector_confidence: float | None = None  # set when a rescorer replaced ``confidence``
     patch_probability: float | None = None  # the 3D patch classifier's probability (pipeline/patchnet.py)
+    detail_probability: float | None = None  # its detail classifier's, for small candidates
 
     def stage_scores(self) -> dict[str, float]:
         """The scores the false-positive reduction stages kept beside ``confidence`` (only those set)."""
         return {k: float(v) for k, v in (("detector_confidence", self.detector_confidence),
-                                         ("patch_probability", self.patch_probability)) if v is not None}
+                                         ("patch_probability", self.patch_probability),
+                                         ("detail_probability", self.detail_probability)) if v is not None}
 
 
 def _link_matrix(prev: np.ndarray, cur: np.ndarray, cfg: AggregateConfig) -> np.ndarray:

@@ -28,6 +28,8 @@ from lesionlens.errors import ModelError
 from lesionlens.pipeline.aggregate import Candidate3D
 
 PATCH_FILE = "fpr.onnx"
+#: the optional detail classifier: a finer cube for small candidates (see :class:`PatchClassifier`)
+DETAIL_FILE = "fpr_detail.onnx"
 SCHEMA = "lesionlens.patchnet/1"
 SIZE, STEP_MM = 24, 1.0
 HU_LO, HU_HI, HU_CENTER, HU_SCALE = -1000.0, 400.0, -300.0, 700.0
@@ -227,8 +229,10 @@ def fit_patch_classifier(pos: np.ndarray, neg: np.ndarray, config: PatchFitConfi
     return net.eval()
 
 
-def export_patch_classifier(net: Any, path: str | Path, info: dict[str, Any] | None = None) -> Path:
-    """Export the network to ONNX (dynamic batch) with its sampling settings as metadata."""
+def export_patch_classifier(net: Any, path: str | Path, info: dict[str, Any] | None = None, *,
+                            size: int = SIZE, step_mm: float = STEP_MM) -> Path:
+    """Export the network to ONNX (dynamic batch) with its sampling settings (a ``size``³ cube at
+    ``step_mm``) as metadata."""
     import contextlib
     import io
 
@@ -236,7 +240,7 @@ def export_patch_classifier(net: Any, path: str | Path, info: dict[str, Any] | N
     import torch
 
     path = Path(path)
-    x = torch.zeros(2, 1, SIZE, SIZE, SIZE)
+    x = torch.zeros(2, 1, size, size, size)
     try:
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             prog = torch.onnx.export(net.eval(), (x,), None, dynamo=True, input_names=[INPUT_NAME],
@@ -247,7 +251,7 @@ def export_patch_classifier(net: Any, path: str | Path, info: dict[str, Any] | N
     except Exception as e:  # exporter errors come in many types
         raise ModelError(f"patch classifier export failed: {e}", path=path) from e
     proto = onnx.load(str(path))
-    meta = {"schema": SCHEMA, "size": str(SIZE), "step_mm": str(STEP_MM), "combine": "weighted_geometric_mean",
+    meta = {"schema": SCHEMA, "size": str(size), "step_mm": str(step_mm), "combine": "weighted_geometric_mean",
             "info": json.dumps(info or {})}
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
@@ -256,9 +260,14 @@ def export_patch_classifier(net: Any, path: str | Path, info: dict[str, Any] | N
 
 
 class PatchClassifier:
-    """The package's ``fpr.onnx`` under ONNX Runtime (CPU, or the best provider present)."""
+    """The package's ``fpr.onnx`` under ONNX Runtime (CPU, or the best provider present).
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    With a detail classifier (``fpr_detail.onnx``: the same kind of network on a finer cube, trained
+    on small nodules only), a candidate at most ``gate_mm`` across gets the probability
+    ``p^a · q^(1 − a)`` of the main classifier's ``p`` and the detail classifier's ``q`` (``a``:
+    its ``main_weight``); at 1 mm a 3–4 mm nodule is 3–4 samples of the main cube."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, *, detail: str | Path | None = None):
         from lesionlens.engine.export import make_session
 
         self.path = Path(path)
@@ -277,6 +286,17 @@ class PatchClassifier:
         if not 0.0 < self.detector_weight < 1.0:
             raise ModelError(f"patch classifier detector_weight must be in (0, 1), got {self.detector_weight}",
                              path=self.path)
+        self.role = str(self.info.get("role", "main"))
+        self.gate_mm = float(self.info.get("gate_mm", 0.0))
+        self.main_weight = float(self.info.get("main_weight", 0.5))
+        if self.role == "detail" and not (self.gate_mm > 0.0 and 0.0 < self.main_weight < 1.0):
+            raise ModelError(f"detail classifier needs gate_mm > 0 and main_weight in (0, 1), got "
+                             f"{self.gate_mm} and {self.main_weight}", path=self.path)
+        self.detail: PatchClassifier | None = None
+        if detail is not None:
+            self.detail = PatchClassifier(detail, threads)
+            if self.detail.role != "detail":
+                raise ModelError(f"not a detail classifier (role {self.detail.role!r})", path=self.detail.path)
 
     def combine(self, s: np.ndarray | float, p: np.ndarray | float, weight: float | None = None) -> np.ndarray:
         """The confidence ``s^w · p^(1 − w)`` of detector scores ``s`` and probabilities ``p``
@@ -286,9 +306,10 @@ class PatchClassifier:
 
     @classmethod
     def load(cls, package: str | Path, threads: int | None = None) -> PatchClassifier | None:
-        """The package's patch classifier, or None when it has none."""
-        p = Path(package) / PATCH_FILE
-        return cls(p, threads) if p.is_file() else None
+        """The package's patch classifier (with its detail classifier when the package has one), or
+        None when it has none."""
+        p, d = Path(package) / PATCH_FILE, Path(package) / DETAIL_FILE
+        return cls(p, threads, detail=d if d.is_file() else None) if p.is_file() else None
 
     def probabilities(self, patches: np.ndarray, batch: int = 256) -> np.ndarray:
         """(N,) nodule probabilities of HU cubes ``(N, S, S, S)``."""
@@ -320,8 +341,10 @@ class PatchClassifier:
 
     def __call__(self, cands: list[Candidate3D], pixels: np.ndarray, affine: np.ndarray, *,
                  min_confidence: float = 0.0) -> list[Candidate3D]:
-        """Rescore in place (``confidence = s^w · p^(1 − w)``, :meth:`combine`; the detector's score
-        kept in ``detector_confidence``); returns the candidates sorted by the new confidence.
+        """Rescore in place (``confidence = s^w · p^(1 − w)``, :meth:`combine`, with ``p`` blended with
+        the detail classifier's for small candidates; the detector's score kept in
+        ``detector_confidence``, the classifiers' in ``patch_probability`` and
+        ``detail_probability``); returns the candidates sorted by the new confidence.
 
         min_confidence: the caller's threshold on the result. Since ``p ≤ 1``, a candidate whose
         score is below its ``1/w``-th power cannot reach it: those are dropped without being
@@ -332,10 +355,23 @@ class PatchClassifier:
         prior = np.array([c.confidence for c in cands], np.float64)
         p = self.probabilities_tta(extract_patches(pixels, affine, centers, size=self.size, step_mm=self.step_mm),
                                    prior)
-        for c, v in zip(cands, p, strict=True):
+        q = np.full(len(cands), np.nan)
+        blended = p
+        if self.detail is not None:
+            d = self.detail
+            # since q <= 1, a candidate's confidence is at most s^w · p^(a(1 − w)): those that cannot
+            # reach the caller's threshold even so are not sampled again (they are dropped anyway)
+            reach = self.combine(prior, np.power(p, d.main_weight)) >= float(min_confidence) - 1e-12
+            small = np.flatnonzero((np.array([c.diameter_mm for c in cands], np.float64) <= d.gate_mm) & reach)
+            cubes = extract_patches(pixels, affine, centers[small], size=d.size, step_mm=d.step_mm)
+            q[small] = d.probabilities_tta(cubes, prior[small], weight=self.detector_weight)
+            blended = p.copy()
+            blended[small] = np.power(p[small], d.main_weight) * np.power(q[small], 1.0 - d.main_weight)
+        for c, v, qv, b in zip(cands, p, q, blended, strict=True):
             if c.detector_confidence is None:
                 c.detector_confidence = c.confidence
             c.patch_probability = float(v)
-            c.confidence = float(self.combine(c.confidence, v))
+            c.detail_probability = None if np.isnan(qv) else float(qv)
+            c.confidence = float(self.combine(c.confidence, b))
         cands.sort(key=lambda c: -c.confidence)
         return cands
