@@ -11,6 +11,7 @@ import pytest
 
 from lesionlens.errors import ModelError
 from lesionlens.pipeline.patchnet import (
+    DETAIL_FILE,
     PATCH_FILE,
     SIZE,
     PatchClassifier,
@@ -161,7 +162,7 @@ def test_recipe_trains_a_classifier_that_the_predictor_applies(tmp_path: Path,
     _tiny_phantoms(monkeypatch)
     pkg = tmp_path / "pkg"
     shutil.copytree(resolve_model("default"), pkg)
-    for name in (PATCH_FILE, RESCORER_FILE):
+    for name in (PATCH_FILE, DETAIL_FILE, RESCORER_FILE):  # the main classifier alone is tested here
         (pkg / name).unlink(missing_ok=True)
     assert froc_config(pkg).conf == 0.01
     monkeypatch.setitem(recipes.FPR_EXTRA, "n_nodules", (4, 6))

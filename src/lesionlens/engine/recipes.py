@@ -213,8 +213,9 @@ def run_default(recipe: DefaultRecipe, work: Path, *, device: str = "auto", inst
 
 
 # 0.3.0: 3D patch classifier; 0.4.0: retrained with more positives, weighted combination;
-# 0.4.1: 0.4.0's weights re-exported (concatenated CSP fuse, clamped decode: a faster graph)
-MODEL_NAME, MODEL_VERSION = "lesionlens-ct-nodule-n", "0.4.1"
+# 0.4.1: 0.4.0's weights re-exported (concatenated CSP fuse, clamped decode: a faster graph);
+# 0.4.2: 0.4.1 plus the detail classifier for small candidates (fpr_detail.onnx)
+MODEL_NAME, MODEL_VERSION = "lesionlens-ct-nodule-n", "0.4.2"
 
 
 def finalize_package(pkg: Path, recipe: DefaultRecipe, results: list[dict[str, Any]], images_per_s: float,
@@ -449,7 +450,7 @@ def fit_default_patch_classifier(pkg: Path, recipe: DefaultRecipe, cache: Path, 
 #: mining picks (FPR_MINING). ``gate_mm`` and ``main_weight`` chosen on the validation phantoms
 #: 500000… with bench/bench_patchnet.py (never on the test sets).
 FPR_DETAIL = {"size": 24, "step_mm": 0.5, "max_nodule_mm": 6.5, "max_candidate_mm": 10.0, "truth_copies": 8,
-              "extra_studies": 100, "epochs": 8, "neg_per_pos": 3, "gate_mm": 8.0, "main_weight": 0.6}
+              "extra_studies": 100, "epochs": 8, "neg_per_pos": 3, "gate_mm": 7.0, "main_weight": 0.1}
 
 
 def _small_jittered(lesions: list[Any], rng: np.random.Generator) -> np.ndarray:
@@ -635,6 +636,15 @@ not been used for any choice:
             f"{_extra_card(recipe)}; a candidate's confidence is s^w · p^(1 − w) of the detector's score s and the "
             f"classifier's probability p (w = {FPR_DETECTOR_WEIGHT}; p averaged over 8 views of the cube for the "
             "64 highest-ranked candidates; one view for the rest).")
+    if recipe.fpr_detail:
+        d = FPR_DETAIL
+        rescorer += (
+            f" Candidates up to {d['gate_mm']:g} mm across are also scored by a detail classifier (`fpr_detail.onnx`: "
+            f"the same network on a {d['size'] * d['step_mm']:g} mm cube sampled at {d['step_mm']:g} mm), trained "
+            f"on nodules up to {d['max_nodule_mm']:g} mm only (the detector's hits and jittered true nodules of the "
+            f"same training phantoms and of {d['extra_studies']} nodule-rich phantoms) against the false "
+            f"candidates up to {d['max_candidate_mm']:g} mm; their p becomes p^a · q^(1 − a) with the detail "
+            f"classifier's probability q (a = {d['main_weight']:g}).")
     return f"""# Model card — lesionlens-ct-nodule-n (default)
 
 **{NOTICE}**
@@ -697,7 +707,7 @@ DEFAULT_STAGES: tuple[DefaultRecipe, ...] = (
                   small_boost=2.0, model="@previous"),
     DefaultRecipe(train_studies=100, val_studies=4, epochs=30, steps_per_epoch=120, val_every=6, lr=1e-3,
                   small_boost=2.0, copy_paste=0.3, model="@previous", fpr_studies=104, fpr_epochs=6,
-                  fpr_extra_studies=200, second_test_studies=30),
+                  fpr_extra_studies=200, fpr_detail=True, second_test_studies=30),
 )
 
 
