@@ -14,6 +14,7 @@ with the detail classifier's q as p^a · q^(1 − a)), and the classifiers' cost
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--phantoms", type=int, default=40)
     ap.add_argument("--cache", type=Path, default=Path("bench-cache/phantoms"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save", type=Path, help="pickle the per-candidate scores here (for further analysis)")
     args = ap.parse_args()
 
     from lesionlens.engine.predict import PredictConfig, Predictor, resolve_model
@@ -74,11 +76,15 @@ def main() -> None:
             q[gated] = det.probabilities_tta(cubes_d, s[gated], weight=shipped_w)
             t_detail += time.perf_counter() - t4
             row.update(gated=gated, q=q)
+        row["diameter_mm"] = np.array([c.diameter_mm for c in cands], np.float64)
         data.append(row)
         print(f"phantom {i + 1}/{args.phantoms}: {len(cands)} candidates, {int(y.sum())} hits", flush=True)
     print(f"detector + classifier over {args.phantoms} phantoms: {time.perf_counter() - t0:.0f} s; "
           f"classifier per candidate: cube sampling {1e3 * t_extract / max(n_cand, 1):.2f} ms, "
           f"3D CNN {1e3 * t_infer / max(n_cand, 1):.2f} ms ({args.threads} threads)")
+
+    if args.save is not None:
+        args.save.write_bytes(pickle.dumps(data))
 
     def froc(scores: list[np.ndarray]) -> tuple[float, list[float], str]:
         res = compute_froc([FROCScan.from_truth(d["truth"], d["pts"], s) for d, s in zip(data, scores, strict=True)],

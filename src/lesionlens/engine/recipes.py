@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -332,41 +332,56 @@ def _extra_card(recipe: DefaultRecipe) -> str:
             f"(seeds {seed0}…{seed0 + recipe.fpr_extra_studies - 1}, used for nothing else)")
 
 
+def _jittered(lesions: list[Any], copies: int, rng: np.random.Generator) -> np.ndarray:
+    """``(N, 3)`` LPS mm: ``copies`` jittered centres of each lesion, each moved by up to a quarter of
+    its diameter (at most 2 mm) along each axis."""
+    pts = [np.asarray(les.center_mm, np.float64) + rng.uniform(-1, 1, 3) * min(les.diameter_mm / 4, 2.0)
+           for les in lesions for _ in range(copies)]
+    return np.array(pts, np.float64).reshape(-1, 3)
+
+
 def _jittered_truth(truth: Any, rng: np.random.Generator) -> np.ndarray:
-    """``(N, 3)`` LPS mm: ``truth_copies`` jittered centres of every (not excluded) true nodule, each
-    moved by up to a quarter of its diameter (at most 2 mm) along each axis."""
-    lesions = [les for les in truth.lesions if not les.excluded]
-    jitter = [np.asarray(les.center_mm, np.float64) + rng.uniform(-1, 1, 3) * min(les.diameter_mm / 4, 2.0)
-              for les in lesions for _ in range(int(FPR_MINING["truth_copies"]))]
-    return np.array(jitter, np.float64).reshape(-1, 3)
+    """:func:`_jittered` centres (``FPR_MINING["truth_copies"]`` each) of every (not excluded) true nodule."""
+    return _jittered([les for les in truth.lesions if not les.excluded], int(FPR_MINING["truth_copies"]), rng)
+
+
+def _nodule_rich_cubes(seeds: Iterable[int], spacings: tuple[float, ...], folder: Path,
+                       points: Callable[[Any, np.random.Generator], np.ndarray], size: int, step_mm: float, *,
+                       what: str, log: Any) -> np.ndarray:
+    """int16 HU cubes (``size``³ sampled every ``step_mm``) around ``points(truth, rng)`` of each
+    nodule-rich phantom of ``seeds`` (``FPR_EXTRA``; ``rng`` seeded with the phantom's seed). The
+    phantoms are not kept, only their cubes (``folder/seed*.npy``), so a rerun reuses them."""
+    from dataclasses import replace
+
+    from lesionlens.pipeline.patchnet import extract_patches
+    from lesionlens.synth.ct import generate_ct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = replace(_phantom_config(spacings), n_nodules=tuple(FPR_EXTRA["n_nodules"]), p_no_nodules=0.0)
+    out = []
+    seeds = list(seeds)
+    for i, sd in enumerate(seeds):
+        f = folder / f"seed{sd}.npy"
+        if not f.is_file():
+            ph = generate_ct(sd, config)
+            pts = points(ph.truth, np.random.default_rng(sd))
+            cubes = extract_patches(ph.hu.astype(np.float32), ph.affine, pts, size=size, step_mm=step_mm)
+            tmp = folder / f"seed{sd}.{os.getpid()}.tmp.npy"
+            np.save(tmp, cubes.astype(np.int16))
+            tmp.replace(f)
+        out.append(np.load(f))
+        log(f"{what}nodule-rich phantom {i + 1}/{len(seeds)}: {len(out[-1])} positive cubes")
+    return np.concatenate(out) if out else np.zeros((0, size, size, size), np.int16)
 
 
 def truth_patches(seeds: Iterable[int], spacings: tuple[float, ...], cache: Path, *,
                   log: Any = print) -> np.ndarray:
     """int16 HU cubes around the jittered true nodules (:func:`_jittered_truth`) of the nodule-rich
-    phantoms ``seeds`` (``FPR_EXTRA``). The phantoms are not kept, only their cubes
-    (``cache/truth-cubes/seed*.npy``), so a rerun reuses them."""
-    from dataclasses import replace
+    phantoms ``seeds`` (``FPR_EXTRA``), cached in ``cache/truth-cubes``."""
+    from lesionlens.pipeline.patchnet import SIZE, STEP_MM
 
-    from lesionlens.pipeline.patchnet import SIZE, extract_patches
-    from lesionlens.synth.ct import generate_ct
-
-    d = cache / "truth-cubes"
-    d.mkdir(parents=True, exist_ok=True)
-    config = replace(_phantom_config(spacings), n_nodules=tuple(FPR_EXTRA["n_nodules"]), p_no_nodules=0.0)
-    out = []
-    seeds = list(seeds)
-    for i, sd in enumerate(seeds):
-        f = d / f"seed{sd}.npy"
-        if not f.is_file():
-            ph = generate_ct(sd, config)
-            cubes = extract_patches(ph.hu.astype(np.float32), ph.affine,
-                                    _jittered_truth(ph.truth, np.random.default_rng(sd))).astype(np.int16)
-            np.save(d / f"seed{sd}.tmp.npy", cubes)
-            (d / f"seed{sd}.tmp.npy").replace(f)
-        out.append(np.load(f))
-        log(f"nodule-rich phantom {i + 1}/{len(seeds)}: {len(out[-1])} positive cubes")
-    return np.concatenate(out) if out else np.zeros((0, SIZE, SIZE, SIZE), np.int16)
+    return _nodule_rich_cubes(seeds, spacings, cache / "truth-cubes", _jittered_truth, SIZE, STEP_MM, what="",
+                              log=log)
 
 
 def mine_patches(case: Any, cands: list[Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -454,11 +469,8 @@ FPR_DETAIL = {"size": 24, "step_mm": 0.5, "max_nodule_mm": 6.5, "max_candidate_m
 
 
 def _small_jittered(lesions: list[Any], rng: np.random.Generator) -> np.ndarray:
-    """``(N, 3)`` LPS mm: ``FPR_DETAIL["truth_copies"]`` jittered centres of each lesion (each moved
-    by up to a quarter of its diameter, at most 2 mm, along each axis)."""
-    pts = [np.asarray(les.center_mm, np.float64) + rng.uniform(-1, 1, 3) * min(les.diameter_mm / 4, 2.0)
-           for les in lesions for _ in range(int(FPR_DETAIL["truth_copies"]))]
-    return np.array(pts, np.float64).reshape(-1, 3)
+    """:func:`_jittered` centres (``FPR_DETAIL["truth_copies"]`` each) of ``lesions``."""
+    return _jittered(lesions, int(FPR_DETAIL["truth_copies"]), rng)
 
 
 def _small(truth: Any) -> list[Any]:
@@ -469,29 +481,9 @@ def detail_truth_patches(seeds: Iterable[int], spacings: tuple[float, ...], cach
                          log: Any = print) -> np.ndarray:
     """int16 detail cubes around jittered small true nodules of the nodule-rich phantoms ``seeds``
     (FPR_EXTRA's configuration), cached per seed in ``cache/detail-cubes``."""
-    from dataclasses import replace
-
-    from lesionlens.pipeline.patchnet import extract_patches
-    from lesionlens.synth.ct import generate_ct
-
-    size, step = int(FPR_DETAIL["size"]), float(FPR_DETAIL["step_mm"])
-    d = cache / "detail-cubes"
-    d.mkdir(parents=True, exist_ok=True)
-    config = replace(_phantom_config(spacings), n_nodules=tuple(FPR_EXTRA["n_nodules"]), p_no_nodules=0.0)
-    out = []
-    seeds = list(seeds)
-    for i, sd in enumerate(seeds):
-        f = d / f"seed{sd}.npy"
-        if not f.is_file():
-            ph = generate_ct(sd, config)
-            pts = _small_jittered(_small(ph.truth), np.random.default_rng(sd))
-            cubes = extract_patches(ph.hu.astype(np.float32), ph.affine, pts, size=size, step_mm=step).astype(np.int16)
-            tmp = d / f"seed{sd}.{os.getpid()}.tmp.npy"
-            np.save(tmp, cubes)
-            tmp.replace(f)
-        out.append(np.load(f))
-        log(f"detail cubes, nodule-rich phantom {i + 1}/{len(seeds)}: {len(out[-1])} positive cubes")
-    return np.concatenate(out) if out else np.zeros((0, size, size, size), np.int16)
+    return _nodule_rich_cubes(seeds, spacings, cache / "detail-cubes",
+                              lambda truth, rng: _small_jittered(_small(truth), rng), int(FPR_DETAIL["size"]),
+                              float(FPR_DETAIL["step_mm"]), what="detail cubes, ", log=log)
 
 
 def mine_detail_patches(case: Any, cands: list[Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
