@@ -265,7 +265,7 @@ def _plan_sorted(frames: list[FrameGeom], normal: np.ndarray, label: str) -> Sta
     if k == 1:
         aff[:3, 0] = normal * (f0.thickness or 1.0)
     else:
-        ipps = np.stack([f.ipp for f in frames])  # type: ignore[arg-type]
+        ipps = np.stack([f.ipp for f in frames])  # type: ignore[arg-type, misc]
         d = np.diff(ipps @ normal)
         med = float(np.median(d))
         gaps = d > GAP_FACTOR * med

@@ -377,7 +377,7 @@ def _parse(
         buf = _Bounded(fh, size, source)
         if has_part10:
             buf.seek(132)
-            meta = pydicom.filereader._read_file_meta_info(buf)
+            meta = pydicom.filereader._read_file_meta_info(buf)  # type: ignore[arg-type]  # read/seek/tell suffice
             if "TransferSyntaxUID" in meta:
                 ts = UID(str(meta.TransferSyntaxUID))
         if ts is None:
@@ -393,11 +393,12 @@ def _parse(
         else:
             implicit, little = False, True
         ds = _pydicom_read_dataset(
-            buf, implicit, little, stop_when=pydicom.filereader._at_pixel_data, specific_tags=specific_tags
+            buf, implicit, little, stop_when=pydicom.filereader._at_pixel_data,  # type: ignore[arg-type]
+            specific_tags=specific_tags,
         )
         pixel = _pixel_element_at(buf, little, implicit)  # length-checked, names the element
         if not stop_before_pixels and buf.tell() < buf.size:  # the rest: pixel data and anything after it
-            ds.update(_pydicom_read_dataset(buf, implicit, little))
+            ds.update(_pydicom_read_dataset(buf, implicit, little))  # type: ignore[arg-type]
     except LesionLensError:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt input

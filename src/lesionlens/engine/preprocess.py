@@ -55,7 +55,7 @@ class InputSpec:
     def from_dict(cls, d: dict[str, object]) -> InputSpec:
         d = dict(d)
         if "context_mm" in d:
-            d["context_mm"] = tuple(float(v) for v in d["context_mm"])  # type: ignore[union-attr]
+            d["context_mm"] = tuple(float(v) for v in d["context_mm"])  # type: ignore[attr-defined, union-attr]
         try:
             return cls(**d)  # type: ignore[arg-type]
         except TypeError as exc:

@@ -318,7 +318,7 @@ FPR_MINING = {"box_conf": 0.01, "top_negatives": 300, "random_negatives": 200, "
 #: more positives for the patch classifier, cheaply (no detector run): the true nodules of phantoms
 #: drawn with many nodules each, from a seed range of their own (never used to train the detector,
 #: tune or test)
-FPR_EXTRA = {"seed0": 700_000, "n_nodules": (12, 16)}
+FPR_EXTRA: dict[str, Any] = {"seed0": 700_000, "n_nodules": (12, 16)}
 #: the detector's weight w in the candidate confidence s^w · p^(1 − w) (pipeline/patchnet.py),
 #: chosen on the validation phantoms 500000… with bench/bench_patchnet.py (never on the test sets)
 FPR_DETECTOR_WEIGHT = 0.25

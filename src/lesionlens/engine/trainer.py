@@ -191,7 +191,7 @@ class Trainer:
     def _save(self, which: str, ema: ModelEMA, opt: torch.optim.Optimizer, epoch: int, metrics: dict[str, Any]) -> Path:
         d = self.run_dir / "weights" / which
         d.mkdir(parents=True, exist_ok=True)
-        save_detector(ema.ema, d / WEIGHTS)
+        save_detector(ema.ema, d / WEIGHTS)  # type: ignore[arg-type]  # the EMA copy of a Detector
         meta = ModelMeta(
             name=f"lesionlens-{self.model.config.size}", version=__version__, input=self.spec, names=self.names,
             train_config=self.cfg.model_dump(), data_fingerprint=self._fingerprint(), metrics=metrics,
@@ -220,7 +220,8 @@ class Trainer:
         loader, val = self._loaders()
         steps = cfg.steps_per_epoch or len(loader)
         total = steps * cfg.epochs
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for n, p in self.model.named_parameters():
             (no_decay if p.ndim <= 1 else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -317,7 +318,7 @@ class Trainer:
         for i in range(len(val)):
             x, t = val[i]
             pred = model(x[None].to(self.device))
-            det = post(pred, image_size=tuple(x.shape[-2:]))[0]
+            det = post(pred, image_size=(int(x.shape[-2]), int(x.shape[-1])))[0]
             samples.append(DetectionSample(pred_boxes=det.boxes, pred_scores=det.scores, pred_labels=det.labels,
                                            gt_boxes=t["boxes"].numpy(), gt_labels=t["labels"].numpy()))
         rep = evaluate_detections(samples, score_threshold=self.cfg.conf_val)

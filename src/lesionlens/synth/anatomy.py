@@ -120,7 +120,7 @@ class Anatomy:
         return rel + self.center
 
     # --- shape functions (broadcasting arrays of relative mm) -------------------------------
-    def _lung_params(self, z: np.ndarray, side: int) -> tuple[np.ndarray, ...]:
+    def _lung_params(self, z: np.ndarray | np.floating, side: int) -> tuple[np.ndarray, ...]:
         cax, cay = self.cavity
         t = z / self.lung_height
         s = np.where(t < 0.55, 1.0, np.sqrt(np.clip(1.0 - ((t - 0.55) / 0.45) ** 2, 0.0, 1.0)))
@@ -129,7 +129,7 @@ class Anatomy:
         cy = 0.05 * cay + 0.25 * cay * (1.0 - s)
         return cx, cy, 0.55 * cax * s + 1e-6, 0.98 * cay * s + 1e-6
 
-    def lung_inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    def lung_inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | np.floating) -> np.ndarray:
         """Boolean lung mask at LPS mm points (arrays broadcast against each other)."""
         x = x - self.center[0]
         y = y - self.center[1]
@@ -153,7 +153,7 @@ class Anatomy:
             out &= ~(self.heart_q(x, y, z, margin=4.0) < 1.0)
         return out
 
-    def heart_q(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    def heart_q(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | np.floating, margin: float = 0.0) -> np.ndarray:
         """Ellipsoid quadratic form of the heart (< 1 inside) at relative coordinates."""
         c, a = self.heart_center, self.heart_axes + margin
         ca, sa = np.cos(self.heart_angle), np.sin(self.heart_angle)

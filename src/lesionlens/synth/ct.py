@@ -178,7 +178,7 @@ def _choose_scanner(rng: np.random.Generator, cfg: CTPhantomConfig, anat: A.Anat
     y0 = -(rows - 1) / 2 * dx + rng.uniform(-15.0, 15.0)
     z0 = round(float(z_top - (k - 1) * dz), 3)
     geom = A.ScanGeometry((k, rows, cols), (dz, dx, dx), (x0, y0, z0), thick)
-    rep = cfg.pixel_representation
+    rep: str = cfg.pixel_representation
     if rep == "random":
         rep = str(rng.choice(["unsigned", "signed", "signed_offset"]))
     scanner = {

@@ -97,8 +97,12 @@ def grow_trees(rng: np.random.Generator, anat: Anatomy, *, root_radius: float = 
         P, D, Q, R, par, tre = P[keep], D[keep], Q[keep], R[keep], par[keep], tre[keep]
         r_end = R * 0.96
         idx = total + np.arange(len(P))
-        out_s.append(P), out_e.append(Q), out_r0.append(R), out_r1.append(r_end)
-        out_p.append(par), out_t.append(tre)
+        out_s.append(P)
+        out_e.append(Q)
+        out_r0.append(R)
+        out_r1.append(r_end)
+        out_p.append(par)
+        out_t.append(tre)
         total += len(P)
         split = r_end >= min_radius
         if not split.any():
