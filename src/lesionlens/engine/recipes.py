@@ -327,7 +327,7 @@ FPR_DETECTOR_WEIGHT = 0.25
 def _extra_card(recipe: DefaultRecipe) -> str:
     if not recipe.fpr_extra_studies:
         return ""
-    seed0, (lo, hi) = int(FPR_EXTRA["seed0"]), FPR_EXTRA["n_nodules"]  # type: ignore[call-overload, misc]
+    seed0, (lo, hi) = int(FPR_EXTRA["seed0"]), FPR_EXTRA["n_nodules"]
     return (f", plus the true nodules of {recipe.fpr_extra_studies} phantoms drawn with {lo}–{hi} nodules each "
             f"(seeds {seed0}…{seed0 + recipe.fpr_extra_studies - 1}, used for nothing else)")
 
@@ -440,13 +440,13 @@ def fit_default_patch_classifier(pkg: Path, recipe: DefaultRecipe, cache: Path, 
             "n_negative": int(len(neg)), "epochs": recipe.fpr_epochs, "detector_weight": FPR_DETECTOR_WEIGHT,
             **FPR_MINING}
     if recipe.fpr_extra_studies:
-        seed0 = int(FPR_EXTRA["seed0"])  # type: ignore[call-overload]
+        seed0 = int(FPR_EXTRA["seed0"])
         extra = truth_patches(range(seed0, seed0 + recipe.fpr_extra_studies), recipe.slice_spacings_mm, cache,
                               log=log)
         pos = np.concatenate([pos, extra]) if len(pos) else extra
         info.update({"n_positive": int(len(pos)), "n_extra_positive": int(len(extra)),
                      "extra_seeds": [seed0, seed0 + recipe.fpr_extra_studies - 1],
-                     "extra_nodules_per_phantom": list(FPR_EXTRA["n_nodules"])})  # type: ignore[call-overload]
+                     "extra_nodules_per_phantom": list(FPR_EXTRA["n_nodules"])})
     if len(pos) == 0 or len(neg) == 0:
         log(f"patch classifier not trained: {len(pos)} positive and {len(neg)} negative cubes")
         return {"skipped": True, **info}
@@ -536,7 +536,7 @@ def fit_default_detail_classifier(pkg: Path, recipe: DefaultRecipe, cache: Path,
         pos.append(p)
         neg.append(n)
         log(f"detail phantom {i + 1}/{len(seeds)}: {len(p)} positive and {len(n)} negative cubes")
-    seed0, n_extra = int(FPR_EXTRA["seed0"]), int(FPR_DETAIL["extra_studies"])  # type: ignore[call-overload]
+    seed0, n_extra = int(FPR_EXTRA["seed0"]), int(FPR_DETAIL["extra_studies"])
     pos.append(detail_truth_patches(range(seed0, seed0 + n_extra), recipe.slice_spacings_mm, cache, log=log))
     pos_a, neg_a = np.concatenate(pos), np.concatenate(neg)
     info = {"box_conf": box_conf, "seeds": [seeds[0], seeds[-1]], "extra_seeds": [seed0, seed0 + n_extra - 1],
